@@ -1,0 +1,7 @@
+"""`python -m genloop` is the `genloop` command."""
+
+import sys
+
+from genloop.cli import main
+
+sys.exit(main())
