@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
-DEMO_HOME ?= $(CURDIR)/.demo
+STDLIB := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 
 .PHONY: setup demo test test-fast lint clean
 
@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[test]'
 	touch $(STAMP)
 
+# Until `genloop pull` and `genloop serve` land, the demo trains a byte-level BPE tokenizer on real
+# text on this disk (the Python standard library's source), builds a model around it, and describes it.
 demo: $(STAMP)
-	GENLOOP_HOME=$(DEMO_HOME) $(BIN)/genloop demo
+	$(BIN)/genloop tokenizer train $(STDLIB) --out .demo/tokenizer --vocab-size 8000 --max-mb 10
+	$(BIN)/genloop tokenizer encode .demo/tokenizer "def greet(name): return f'Hello, {name}!'"
+	$(BIN)/genloop model init small .demo/small --tokenizer .demo/tokenizer --seed 0
+	$(BIN)/genloop model info .demo/small
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -31,4 +36,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

@@ -8,8 +8,13 @@ import sys
 
 def run_genloop(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the real `genloop` console entry in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "genloop", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "genloop", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def assert_one_line_error(stderr: str, *needles: str) -> None:

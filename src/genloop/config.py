@@ -57,8 +57,9 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _check_shapes(self) -> ModelConfig:
         if self.head_dim is None and self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), "
-                             "or set head_dim")
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}), or set head_dim"
+            )
         if self.kv_heads > self.n_heads or self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
         if self.pos_emb == "rope" and self.dim_per_head % 2:
@@ -143,8 +144,14 @@ class RunConfig(Section):
 C = TypeVar("C", bound=BaseModel)
 
 _TYPE_WORDS = {
-    "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
-    "list": "a list", "dict": "a mapping of keys to values", "tuple": "a list", "literal": "one of",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "a mapping of keys to values",
+    "tuple": "a list",
+    "literal": "one of",
 }
 
 
@@ -167,7 +174,11 @@ def _describe(error: Mapping[str, Any], cls: type[BaseModel], where: str) -> str
         owner = _model_at(cls, loc)
         valid = sorted(owner.model_fields) if owner else []
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else (f"; valid keys: {', '.join(valid)}" if valid else "")
+        hint = (
+            f"; did you mean '{close[0]}'?"
+            if close
+            else (f"; valid keys: {', '.join(valid)}" if valid else "")
+        )
         return f"{where}unknown key '{key}'{hint}"
     got = error.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
@@ -243,7 +254,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}"
+        )
     return data
 
 

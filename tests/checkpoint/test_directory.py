@@ -60,7 +60,9 @@ def test_wrong_shape_names_the_tensor(tmp_path) -> None:
     state = load_file(d / "model.safetensors")
     state["model.layers.1.mlp.up_proj.weight"] = torch.zeros(3, 64)
     save_file(state, d / "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*shape \[3, 64\].*\[176, 64\]"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*shape \[3, 64\].*\[176, 64\]"
+    ):
         load_model(d)
 
 
@@ -69,12 +71,12 @@ def test_missing_unexpected_and_integer_tensors_are_named(tmp_path) -> None:
     state = load_file(d / "model.safetensors")
     del state["model.norm.weight"]
     save_file(state, d / "model.safetensors")
-    with pytest.raises(CheckpointError, match="'model.norm.weight' is missing"):
+    with pytest.raises(CheckpointError, match=r"'model\.norm\.weight' is missing"):
         load_model(d)
     state["model.norm.weight"] = torch.ones(64)
     state["model.extra.weight"] = torch.ones(2)
     save_file(state, d / "model.safetensors")
-    with pytest.raises(CheckpointError, match="unexpected tensor 'model.extra.weight'"):
+    with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.extra\.weight'"):
         load_model(d)
     del state["model.extra.weight"]
     state["model.norm.weight"] = torch.ones(64, dtype=torch.int32)
@@ -89,7 +91,7 @@ def test_corrupt_weights_and_config(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_model(d)
     (d / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+    with pytest.raises(CheckpointError, match=r"config\.json is not valid JSON"):
         read_config(d)
     (d / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(CheckpointError, match="model_type 'mamba' is not supported"):

@@ -86,8 +86,16 @@ def test_seq2seq_learns_to_reverse_sequences() -> None:
     start = time.perf_counter()
     torch.manual_seed(0)
     vocab, length, bos = 24, 8, 1
-    cfg = preset("tiny-seq2seq", vocab_size=vocab, d_model=64, n_layers=2, n_heads=4, d_ff=176,
-                 max_seq_len=16, decoder_start_token_id=bos)
+    cfg = preset(
+        "tiny-seq2seq",
+        vocab_size=vocab,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        d_ff=176,
+        max_seq_len=16,
+        decoder_start_token_id=bos,
+    )
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=1500, pct_start=0.1)

@@ -5,6 +5,14 @@ from genloop.checkpoint.hf import config_from_hf, config_to_hf, family
 from genloop.checkpoint.registry import list_models, resolve
 
 __all__ = [
-    "atomic_dir", "config_from_hf", "config_to_hf", "family", "list_models", "load_model", "read_config",
-    "read_weights", "resolve", "save_model",
+    "atomic_dir",
+    "config_from_hf",
+    "config_to_hf",
+    "family",
+    "list_models",
+    "load_model",
+    "read_config",
+    "read_weights",
+    "resolve",
+    "save_model",
 ]

@@ -82,14 +82,26 @@ def save_model(
     with atomic_dir(path) as tmp:
         _write_json(tmp / "config.json", config_to_hf(cfg, dtype))
         save_file(state_to_hf(_unique_state(model), cfg), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
-               "pad_token_id": cfg.pad_token_id}
+        gen = {
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+        }
         if cfg.arch == "encoder-decoder":
             gen["decoder_start_token_id"] = cfg.decoder_start_token_id
-        _write_json(tmp / "generation_config.json", {k: v for k, v in {**gen, **(generation or {})}.items()
-                                                     if v is not None})
-        _write_json(tmp / "genloop.json", {"genloop_version": __version__, "created": time.time(),
-                                           "family": family(cfg), **(provenance or {})})
+        _write_json(
+            tmp / "generation_config.json",
+            {k: v for k, v in {**gen, **(generation or {})}.items() if v is not None},
+        )
+        _write_json(
+            tmp / "genloop.json",
+            {
+                "genloop_version": __version__,
+                "created": time.time(),
+                "family": family(cfg),
+                **(provenance or {}),
+            },
+        )
         if tokenizer is not None:
             tokenizer.save(tmp)
     return Path(path)
@@ -99,9 +111,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing: not a model directory (make one with `genloop model init`)") from None
+        raise CheckpointError(
+            f"{path} is missing: not a model directory (make one with `genloop model init`)"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore it from the model's source") from None
+        raise CheckpointError(
+            f"{path} is not valid JSON ({exc}); restore it from the model's source"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
@@ -122,8 +138,10 @@ def _weight_files(p: Path) -> list[Path]:
         shards = sorted(set(_read_json(p / WEIGHTS_INDEX).get("weight_map", {}).values()))
         missing = [s for s in shards if not (p / s).is_file()]
         if missing or not shards:
-            raise CheckpointError(f"{p / WEIGHTS_INDEX} names shard '{missing[0] if missing else '?'}' "
-                                  "that is not in the directory; copy all shards")
+            raise CheckpointError(
+                f"{p / WEIGHTS_INDEX} names shard '{missing[0] if missing else '?'}' "
+                "that is not in the directory; copy all shards"
+            )
         return [p / s for s in shards]
     raise CheckpointError(f"{p} has no {WEIGHTS} (nor {WEIGHTS_INDEX}); the weights were not saved or copied")
 
@@ -137,7 +155,9 @@ def read_weights(p: Path) -> dict[str, Tensor]:
                 for k in fh.keys():  # noqa: SIM118 - safe_open is not a dict
                     out[k] = fh.get_tensor(k)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{f} is not a readable safetensors file ({exc}); re-save or re-download it") from None
+            raise CheckpointError(
+                f"{f} is not a readable safetensors file ({exc}); re-save or re-download it"
+            ) from None
     return out
 
 
@@ -152,20 +172,30 @@ def check_state(
 
     for name in expected:
         if name not in found:
-            raise CheckpointError(f"{where}: tensor '{shown(name)}' is missing (the weights do not match config.json)")
+            raise CheckpointError(
+                f"{where}: tensor '{shown(name)}' is missing (the weights do not match config.json)"
+            )
     for name, got in found.items():
         want = expected.get(name)
         if want is None:
-            raise CheckpointError(f"{where}: unexpected tensor '{name}' (the weights do not match config.json)")
+            raise CheckpointError(
+                f"{where}: unexpected tensor '{name}' (the weights do not match config.json)"
+            )
         if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(f"{where}: tensor '{shown(name)}' has shape {list(got.shape)}, "
-                                  f"config.json implies {list(want.shape)}")
+            raise CheckpointError(
+                f"{where}: tensor '{shown(name)}' has shape {list(got.shape)}, "
+                f"config.json implies {list(want.shape)}"
+            )
         if got.dtype not in _FLOAT_DTYPES:
-            raise CheckpointError(f"{where}: tensor '{shown(name)}' has dtype "
-                                  f"{str(got.dtype).removeprefix('torch.')}, expected a floating-point type")
+            raise CheckpointError(
+                f"{where}: tensor '{shown(name)}' has dtype "
+                f"{str(got.dtype).removeprefix('torch.')}, expected a floating-point type"
+            )
 
 
-def load_model(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Model:
+def load_model(
+    path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> Model:
     """Build the model a directory describes and fill it with its weights, checked tensor by tensor."""
     p = Path(path)
     cfg = read_config(p)

@@ -17,8 +17,11 @@ from genloop.config import ModelConfig, validate
 from genloop.errors import CheckpointError
 
 LLAMA_LIKE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-GENLOOP_ARCHS = {"decoder": "GenloopDecoderLM", "encoder-decoder": "GenloopEncoderDecoderLM",
-                 "encoder": "GenloopEncoderModel"}
+GENLOOP_ARCHS = {
+    "decoder": "GenloopDecoderLM",
+    "encoder-decoder": "GenloopEncoderDecoderLM",
+    "encoder": "GenloopEncoderModel",
+}
 
 
 def family(cfg: ModelConfig) -> str:
@@ -30,30 +33,52 @@ def family(cfg: ModelConfig) -> str:
             return "llama"
         if cfg.qkv_bias and not cfg.out_bias and not cfg.mlp_bias:
             return "qwen2"
-    if (cfg.pos_emb == "learned" and cfg.norm == "layernorm" and cfg.mlp == "gelu_tanh" and cfg.qkv_bias
-            and cfg.out_bias and cfg.mlp_bias and cfg.kv_heads == cfg.n_heads
-            and cfg.dim_per_head * cfg.n_heads == cfg.d_model):
+    if (
+        cfg.pos_emb == "learned"
+        and cfg.norm == "layernorm"
+        and cfg.mlp == "gelu_tanh"
+        and cfg.qkv_bias
+        and cfg.out_bias
+        and cfg.mlp_bias
+        and cfg.kv_heads == cfg.n_heads
+        and cfg.dim_per_head * cfg.n_heads == cfg.d_model
+    ):
         return "gpt2"
     return "genloop"
 
 
 # ---------------------------------------------------------------- config.json
 
+
 def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
     """config.json contents for `cfg`, in its family's Hugging Face keys."""
     fam = family(cfg)
-    ids = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id}
+    ids = {
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+    }
     dtype_name = str(dtype).removeprefix("torch.")
     if fam in ("llama", "qwen2"):
         out: dict[str, Any] = {
-            "architectures": [LLAMA_LIKE[fam]], "model_type": fam,
-            "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
-            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
-            "num_key_value_heads": cfg.kv_heads, "head_dim": cfg.dim_per_head,
-            "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps, "hidden_act": "silu",
-            "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-            "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
-            "attention_dropout": cfg.dropout, **ids,
+            "architectures": [LLAMA_LIKE[fam]],
+            "model_type": fam,
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.kv_heads,
+            "head_dim": cfg.dim_per_head,
+            "max_position_embeddings": cfg.max_seq_len,
+            "rms_norm_eps": cfg.norm_eps,
+            "hidden_act": "silu",
+            "rope_theta": cfg.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "initializer_range": cfg.init_std,
+            "attention_dropout": cfg.dropout,
+            **ids,
         }
         if fam == "llama":
             out |= {"attention_bias": cfg.qkv_bias, "mlp_bias": cfg.mlp_bias}
@@ -61,16 +86,30 @@ def config_to_hf(cfg: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
             out |= {"use_sliding_window": False, "sliding_window": None}
     elif fam == "gpt2":
         out = {
-            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
-            "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads, "n_inner": cfg.d_ff,
-            "n_positions": cfg.max_seq_len, "activation_function": "gelu_new",
-            "layer_norm_epsilon": cfg.norm_eps, "tie_word_embeddings": cfg.tie_embeddings,
-            "initializer_range": cfg.init_std, "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout,
-            "attn_pdrop": cfg.dropout, "scale_attn_weights": True, **ids,
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "vocab_size": cfg.vocab_size,
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_seq_len,
+            "activation_function": "gelu_new",
+            "layer_norm_epsilon": cfg.norm_eps,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "initializer_range": cfg.init_std,
+            "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.dropout,
+            "scale_attn_weights": True,
+            **ids,
         }
     else:
-        out = {"architectures": [GENLOOP_ARCHS[cfg.arch]], "model_type": "genloop",
-               "genloop": cfg.model_dump(mode="json")}
+        out = {
+            "architectures": [GENLOOP_ARCHS[cfg.arch]],
+            "model_type": "genloop",
+            "genloop": cfg.model_dump(mode="json"),
+        }
     return out | {"dtype": dtype_name, "torch_dtype": dtype_name}
 
 
@@ -84,8 +123,10 @@ def _get(d: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
 def config_from_hf(raw: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
     """A ModelConfig from a Hugging Face (or genloop) config.json; unsupported shapes are named."""
     mtype = raw.get("model_type")
-    ids = {k: raw.get(k) if isinstance(raw.get(k), int) else None
-           for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    ids = {
+        k: raw.get(k) if isinstance(raw.get(k), int) else None
+        for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
     if isinstance(raw.get("eos_token_id"), list) and raw["eos_token_id"]:
         ids["eos_token_id"] = raw["eos_token_id"][0]
     if mtype == "genloop":
@@ -94,44 +135,77 @@ def config_from_hf(raw: Mapping[str, Any], source: str = "config.json") -> Model
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
-            raise CheckpointError(f"{source}: RoPE scaling '{rope_type}' is not supported yet; "
-                                  "only default RoPE models can be loaded")
+            raise CheckpointError(
+                f"{source}: RoPE scaling '{rope_type}' is not supported yet; "
+                "only default RoPE models can be loaded"
+            )
         if raw.get("hidden_act", "silu") != "silu":
-            raise CheckpointError(f"{source}: hidden_act '{raw['hidden_act']}' is not supported (expected silu)")
-        if mtype == "mistral" and raw.get("sliding_window") and raw["sliding_window"] < raw.get(
-                "max_position_embeddings", 0):
+            raise CheckpointError(
+                f"{source}: hidden_act '{raw['hidden_act']}' is not supported (expected silu)"
+            )
+        if (
+            mtype == "mistral"
+            and raw.get("sliding_window")
+            and raw["sliding_window"] < raw.get("max_position_embeddings", 0)
+        ):
             pass  # full attention equals sliding-window attention up to the window: longer contexts differ
         bias = bool(raw.get("attention_bias", False))
         data = {
-            "vocab_size": raw["vocab_size"], "d_model": raw["hidden_size"], "d_ff": raw["intermediate_size"],
-            "n_layers": raw["num_hidden_layers"], "n_heads": raw["num_attention_heads"],
+            "vocab_size": raw["vocab_size"],
+            "d_model": raw["hidden_size"],
+            "d_ff": raw["intermediate_size"],
+            "n_layers": raw["num_hidden_layers"],
+            "n_heads": raw["num_attention_heads"],
             "n_kv_heads": _get(raw, "num_key_value_heads", default=raw["num_attention_heads"]),
-            "head_dim": raw.get("head_dim"), "max_seq_len": _get(raw, "max_position_embeddings", default=2048),
-            "norm_eps": _get(raw, "rms_norm_eps", default=1e-6), "norm": "rmsnorm", "mlp": "swiglu",
-            "pos_emb": "rope", "rope_theta": _get(rope, "rope_theta", default=_get(raw, "rope_theta", default=1e4)),
-            "qkv_bias": True if mtype == "qwen2" else bias, "out_bias": False if mtype == "qwen2" else bias,
+            "head_dim": raw.get("head_dim"),
+            "max_seq_len": _get(raw, "max_position_embeddings", default=2048),
+            "norm_eps": _get(raw, "rms_norm_eps", default=1e-6),
+            "norm": "rmsnorm",
+            "mlp": "swiglu",
+            "pos_emb": "rope",
+            "rope_theta": _get(rope, "rope_theta", default=_get(raw, "rope_theta", default=1e4)),
+            "qkv_bias": True if mtype == "qwen2" else bias,
+            "out_bias": False if mtype == "qwen2" else bias,
             "mlp_bias": bool(raw.get("mlp_bias", False)),
             "tie_embeddings": bool(raw.get("tie_word_embeddings", mtype == "qwen2")),
-            "init_std": _get(raw, "initializer_range", default=0.02), **ids,
+            "init_std": _get(raw, "initializer_range", default=0.02),
+            **ids,
         }
     elif mtype == "gpt2":
         if raw.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise CheckpointError(f"{source}: GPT-2 activation '{raw['activation_function']}' is not supported")
-        if raw.get("scale_attn_by_inverse_layer_idx") or raw.get("reorder_and_upcast_attn") or (
-                raw.get("scale_attn_weights") is False):
+            raise CheckpointError(
+                f"{source}: GPT-2 activation '{raw['activation_function']}' is not supported"
+            )
+        if (
+            raw.get("scale_attn_by_inverse_layer_idx")
+            or raw.get("reorder_and_upcast_attn")
+            or (raw.get("scale_attn_weights") is False)
+        ):
             raise CheckpointError(f"{source}: GPT-2 attention scaling variants are not supported")
         d = raw.get("n_embd", 768)
         data = {
-            "vocab_size": raw.get("vocab_size", 50257), "d_model": d, "n_layers": raw.get("n_layer", 12),
-            "n_heads": raw.get("n_head", 12), "d_ff": raw.get("n_inner") or 4 * d,
-            "max_seq_len": raw.get("n_positions", 1024), "norm_eps": raw.get("layer_norm_epsilon", 1e-5),
-            "pos_emb": "learned", "norm": "layernorm", "mlp": "gelu_tanh", "qkv_bias": True, "out_bias": True,
-            "mlp_bias": True, "tie_embeddings": bool(raw.get("tie_word_embeddings", True)),
-            "init_std": raw.get("initializer_range", 0.02), **ids,
+            "vocab_size": raw.get("vocab_size", 50257),
+            "d_model": d,
+            "n_layers": raw.get("n_layer", 12),
+            "n_heads": raw.get("n_head", 12),
+            "d_ff": raw.get("n_inner") or 4 * d,
+            "max_seq_len": raw.get("n_positions", 1024),
+            "norm_eps": raw.get("layer_norm_epsilon", 1e-5),
+            "pos_emb": "learned",
+            "norm": "layernorm",
+            "mlp": "gelu_tanh",
+            "qkv_bias": True,
+            "out_bias": True,
+            "mlp_bias": True,
+            "tie_embeddings": bool(raw.get("tie_word_embeddings", True)),
+            "init_std": raw.get("initializer_range", 0.02),
+            **ids,
         }
     else:
-        raise CheckpointError(f"{source}: model_type '{mtype}' is not supported; genloop loads "
-                              f"{', '.join([*LLAMA_LIKE, 'gpt2', 'genloop'])}")
+        raise CheckpointError(
+            f"{source}: model_type '{mtype}' is not supported; genloop loads "
+            f"{', '.join([*LLAMA_LIKE, 'gpt2', 'genloop'])}"
+        )
     # spell defaults the way genloop does, so a save/load round trip gives an equal config
     if data.get("n_kv_heads") == data["n_heads"]:
         data["n_kv_heads"] = None
@@ -169,7 +243,7 @@ _GPT2_CATTN = re.compile(r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)")
 _GPT2_IGNORED = re.compile(r"transformer\.h\.\d+\.attn\.(masked_)?bias$")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pattern(template: str) -> re.Pattern[str]:
     regex = re.escape(template)
     for slot, body in _SLOTS.items():
@@ -260,4 +334,3 @@ def state_from_hf(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Te
             new = _rename(name, _LLAMA_NAMES, forward=False)
         out[new or name] = t
     return out
-

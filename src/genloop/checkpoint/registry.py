@@ -24,5 +24,9 @@ def resolve(name_or_path: str | Path) -> Path:
     if "/" not in str(name_or_path) and (candidate / "config.json").is_file():
         return candidate
     known = list_models()
-    listing = f"registered models: {', '.join(known)}" if known else f"no models are registered in {models_dir()}"
-    raise CheckpointError(f"model '{name_or_path}' not found: not a directory and not a registered name; {listing}")
+    listing = (
+        f"registered models: {', '.join(known)}" if known else f"no models are registered in {models_dir()}"
+    )
+    raise CheckpointError(
+        f"model '{name_or_path}' not found: not a directory and not a registered name; {listing}"
+    )

@@ -9,7 +9,9 @@ from genloop.model import DecoderLM, DynamicCache, EncoderDecoderLM
 
 
 @torch.no_grad()
-def greedy_decode(model: DecoderLM, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> Tensor:
+def greedy_decode(
+    model: DecoderLM, input_ids: Tensor, max_new_tokens: int, eos_token_id: int | None = None
+) -> Tensor:
     """Extend each row of input_ids [B, T] (no padding) by up to max_new_tokens argmax tokens."""
     cache = DynamicCache()
     logits = model(input_ids, cache=cache)[:, -1]

@@ -6,6 +6,16 @@ from genloop.model.stats import ModelStats, model_stats
 from genloop.model.transformer import DecoderLM, EncoderDecoderLM, EncoderModel, Model, build_model
 
 __all__ = [
-    "PRESETS", "Attention", "DecoderLM", "DynamicCache", "EncoderDecoderLM", "EncoderModel", "KVCache", "Model",
-    "ModelStats", "build_model", "model_stats", "preset",
+    "PRESETS",
+    "Attention",
+    "DecoderLM",
+    "DynamicCache",
+    "EncoderDecoderLM",
+    "EncoderModel",
+    "KVCache",
+    "Model",
+    "ModelStats",
+    "build_model",
+    "model_stats",
+    "preset",
 ]

@@ -95,7 +95,9 @@ class Attention(nn.Module):
         else:
             k, v = kv  # encoder states carry no positions of the decoder: no rotation across
         out = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             is_causal=is_causal and mask is None,
             dropout_p=self.dropout if self.training else 0.0,

@@ -22,7 +22,9 @@ def _attention(cfg: ModelConfig) -> int:
 
 def _mlp(cfg: ModelConfig) -> int:
     n = 3 if cfg.mlp == "swiglu" else 2
-    return (n - 1) * _linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias) + _linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
+    return (n - 1) * _linear(cfg.d_model, cfg.d_ff, cfg.mlp_bias) + _linear(
+        cfg.d_ff, cfg.d_model, cfg.mlp_bias
+    )
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ def model_stats(cfg: ModelConfig, context: int | None = None) -> ModelStats:
 
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23M' (binary units for bytes)."""
-    base, names = (1024.0, ["", "Ki", "Mi", "Gi", "Ti"]) if unit == "B" else (1000.0, ["", "K", "M", "G", "T"])
+    base, names = (
+        (1024.0, ["", "Ki", "Mi", "Gi", "Ti"]) if unit == "B" else (1000.0, ["", "K", "M", "G", "T"])
+    )
     for name in names:
         if abs(n) < base or name == names[-1]:
             return f"{n:.3g}{name}{unit}" if name else f"{n:.0f}{unit}"

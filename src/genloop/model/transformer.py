@@ -40,9 +40,13 @@ class Block(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.dropout(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache))
+        x = x + self.dropout(
+            self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache)
+        )
         if self.cross_attn is not None and self.norm_cross is not None:
-            x = x + self.dropout(self.cross_attn(self.norm_cross(x), mask=context_mask, context=context, cache=cache))
+            x = x + self.dropout(
+                self.cross_attn(self.norm_cross(x), mask=context_mask, context=context, cache=cache)
+            )
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
@@ -72,12 +76,21 @@ class Stack(nn.Module):
         cmask = None if context_mask is None else context_mask.bool()[:, None, None, :]
         for block in self.blocks:
             # SDPA's is_causal aligns the triangle top-left: right only when there is no past
-            h = block(h, mask=mask, is_causal=self.causal and past == 0, rotary=rotary, cache=cache,
-                      context=context, context_mask=cmask)
+            h = block(
+                h,
+                mask=mask,
+                is_causal=self.causal and past == 0,
+                rotary=rotary,
+                cache=cache,
+                context=context,
+                context_mask=cmask,
+            )
         return self.norm(h)
 
 
-def self_mask(t: int, past: int, attention_mask: Tensor | None, causal: bool, device: torch.device) -> Tensor | None:
+def self_mask(
+    t: int, past: int, attention_mask: Tensor | None, causal: bool, device: torch.device
+) -> Tensor | None:
     """Boolean [B|1, 1, T, past+T] mask, or None when SDPA's own causal/unmasked path is exact.
 
     attention_mask [B, past+T] marks real tokens with 1. A query may always see itself, so a row that
@@ -162,7 +175,7 @@ class DecoderLM(_Base):
 
 
 class EncoderDecoderLM(_Base):
-    """T5-style sequence-to-sequence model: shared embeddings, bidirectional encoder, cross-attending decoder."""
+    """T5-style seq2seq model: shared embeddings, bidirectional encoder, cross-attending decoder."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -189,8 +202,14 @@ class EncoderDecoderLM(_Base):
     ) -> Tensor:
         past = cache.past_length() if cache is not None else 0
         positions = default_positions(decoder_input_ids, past)
-        h = self.decoder(self.embed(decoder_input_ids, positions), positions, attention_mask=decoder_attention_mask,
-                         cache=cache, context=encoder_states, context_mask=encoder_mask)
+        h = self.decoder(
+            self.embed(decoder_input_ids, positions),
+            positions,
+            attention_mask=decoder_attention_mask,
+            cache=cache,
+            context=encoder_states,
+            context_mask=encoder_mask,
+        )
         return self.lm_head(h)
 
     def forward(
