@@ -31,6 +31,17 @@ def test_yaml_then_overrides(tmp_path) -> None:
     assert cfg.train.betas == (0.9, 0.99)
 
 
+def test_preset_fills_the_model_and_model_keys_win(tmp_path) -> None:
+    from genloop.model import preset
+
+    f = tmp_path / "run.yaml"
+    f.write_text(GOOD)
+    cfg = load_config(RunConfig, f)
+    assert cfg.model == preset("tiny", n_layers=4)
+    cfg = load_config(RunConfig, f, ["preset=gpt2-124m"])
+    assert cfg.model == preset("gpt2-124m", n_layers=4)
+
+
 def test_override_parsing() -> None:
     assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
     with pytest.raises(ConfigError, match="not key=value"):
@@ -54,6 +65,7 @@ def test_override_parsing() -> None:
         ("model:\n  d_model: 100\n  n_heads: 3\n", [], ["d_model (100) must be divisible by n_heads (3)"]),
         ("train:\n  batch_size: -1\n", [], ["'train.batch_size'", "greater than 0"]),
         ("train: [1, 2\n", [], ["cannot parse YAML at line"]),
+        ("preset: smollm2\n", [], ["unknown preset 'smollm2'", "did you mean 'smollm2-135m'"]),
         ("- a\n- b\n", [], ["top level must be a mapping"]),
     ],
 )

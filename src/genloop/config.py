@@ -140,6 +140,24 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """`preset: NAME` fills `model` with the preset's values; keys under `model` win."""
+        if not isinstance(data, dict) or not data.get("preset"):
+            return data
+        from genloop.model.presets import PRESETS  # lazy: presets live with the model library
+
+        name = data["preset"]
+        if not isinstance(name, str) or name not in PRESETS:
+            close = difflib.get_close_matches(str(name), PRESETS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"unknown preset '{name}': {hint}known presets: {', '.join(PRESETS)}")
+        model = data.get("model") or {}
+        if not isinstance(model, dict):
+            return data
+        return {**data, "model": merge(PRESETS[name], model)}
+
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -270,9 +288,10 @@ def load_config(
         data = merge(data, read_yaml(path))
         source = str(path)
     overrides = list(overrides)
-    if overrides:
-        data = merge(data, parse_overrides(overrides))
-    return validate(cls, data, source)
+    if not overrides:
+        return validate(cls, data, source)
+    validate(cls, data, source)  # a problem in the file is reported as the file's
+    return validate(cls, merge(data, parse_overrides(overrides)), "command-line override")
 
 
 def dump_yaml(config: BaseModel) -> str:

@@ -81,6 +81,7 @@ def test_gqa_and_mqa_shapes_and_stats() -> None:
         assert model(torch.randint(0, 512, (1, 5))).shape == (1, 5, 512)
 
 
+@pytest.mark.slow
 def test_seq2seq_learns_to_reverse_sequences() -> None:
     """Bidirectional encoder + cross-attending decoder: reverse random 8-token sequences, 100% exact."""
     start = time.perf_counter()

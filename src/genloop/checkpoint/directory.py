@@ -6,12 +6,8 @@ temporary sibling folder that is renamed into place only when complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from genloop import __version__
+from genloop.atomic import atomic_dir
 from genloop.checkpoint.hf import config_from_hf, config_to_hf, family, hf_name, state_from_hf, state_to_hf
 from genloop.config import ModelConfig
 from genloop.errors import CheckpointError
@@ -32,28 +29,6 @@ if TYPE_CHECKING:
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 _FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
-
-
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path`, on error it vanishes."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

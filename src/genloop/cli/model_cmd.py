@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from genloop.config import ModelConfig
 
-from genloop.checkpoint import family, load_model, read_config, resolve, save_model
-from genloop.config import ModelConfig, load_config, merge, parse_overrides, validate
-from genloop.errors import CheckpointError
-from genloop.model import PRESETS, build_model, model_stats
-from genloop.model.stats import human
+# torch and the model library are imported inside the handlers: `genloop --help` should be instant.
 
 MODEL_HELP = "a preset name (see `genloop model presets`), a model directory, or a registered model name"
 
@@ -89,6 +87,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def model_config(spec: str, overrides: list[str]) -> tuple[ModelConfig, str]:
     """Config for a preset name, a model YAML, or a model directory / registry name (+ overrides)."""
+    from genloop.checkpoint import read_config, resolve
+    from genloop.config import ModelConfig, load_config, merge, parse_overrides, validate
+    from genloop.errors import CheckpointError
+    from genloop.model.presets import PRESETS
+
     if spec in PRESETS:
         return load_config(ModelConfig, None, overrides, base=PRESETS[spec]), f"preset {spec}"
     if spec.endswith((".yaml", ".yml")):
@@ -104,6 +107,10 @@ def model_config(spec: str, overrides: list[str]) -> tuple[ModelConfig, str]:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from genloop.checkpoint import family
+    from genloop.model import model_stats
+    from genloop.model.stats import human
+
     cfg, source = model_config(args.model, args.overrides)
     s = model_stats(cfg, args.context)
     rows = [
@@ -142,6 +149,11 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _init(args: argparse.Namespace) -> int:
+    import torch
+
+    from genloop.checkpoint import family, save_model
+    from genloop.model import build_model, model_stats
+    from genloop.model.stats import human
     from genloop.preprocess import Tokenizer
 
     overrides = list(args.overrides)
@@ -171,6 +183,9 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from genloop.checkpoint import load_model, resolve
+    from genloop.model.stats import human
+
     path = resolve(args.model)
     model = load_model(path)
     n = sum(p.numel() for p in model.parameters())
@@ -179,6 +194,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
+    from genloop.config import ModelConfig
+    from genloop.model import PRESETS, model_stats
+    from genloop.model.stats import human
+
     for name, raw in PRESETS.items():
         cfg = ModelConfig.model_validate(raw)
         print(f"{name:<14} {cfg.arch:<16} {human(model_stats(cfg).params):>7} params")
