@@ -61,12 +61,10 @@ def test_genloop_dir_loads_in_transformers_with_same_logits(case: str, tmp_path)
     assert sum(p.numel() for p in model.parameters()) == hf.num_parameters()
 
 
+_SMALL = {"vocab_size": 300, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2}
 HF_CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(
-        vocab_size=300,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
+        **_SMALL,
         num_attention_heads=6,
         num_key_value_heads=2,
         tie_word_embeddings=False,
@@ -74,31 +72,13 @@ HF_CONFIGS = {
         rms_norm_eps=1e-6,
     ),
     "llama-tied": lambda: transformers.LlamaConfig(
-        vocab_size=300,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        tie_word_embeddings=True,
+        **_SMALL, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True
     ),
     "mistral": lambda: transformers.MistralConfig(
-        vocab_size=300,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        sliding_window=None,
+        **_SMALL, num_attention_heads=4, num_key_value_heads=2, sliding_window=None
     ),
     "qwen2": lambda: transformers.Qwen2Config(
-        vocab_size=300,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
+        **_SMALL, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True
     ),
     "gpt2": lambda: transformers.GPT2Config(
         vocab_size=300, n_embd=48, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from genloop.config import ModelConfig, validate
 from genloop.errors import CheckpointError
+from genloop.model.presets import GPT2_STYLE, LLAMA_STYLE
 
 LLAMA_LIKE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 GENLOOP_ARCHS = {
@@ -160,9 +161,7 @@ def config_from_hf(raw: Mapping[str, Any], source: str = "config.json") -> Model
             "head_dim": raw.get("head_dim"),
             "max_seq_len": _get(raw, "max_position_embeddings", default=2048),
             "norm_eps": _get(raw, "rms_norm_eps", default=1e-6),
-            "norm": "rmsnorm",
-            "mlp": "swiglu",
-            "pos_emb": "rope",
+            **LLAMA_STYLE,
             "rope_theta": _get(rope, "rope_theta", default=_get(raw, "rope_theta", default=1e4)),
             "qkv_bias": True if mtype == "qwen2" else bias,
             "out_bias": False if mtype == "qwen2" else bias,
@@ -191,12 +190,7 @@ def config_from_hf(raw: Mapping[str, Any], source: str = "config.json") -> Model
             "d_ff": raw.get("n_inner") or 4 * d,
             "max_seq_len": raw.get("n_positions", 1024),
             "norm_eps": raw.get("layer_norm_epsilon", 1e-5),
-            "pos_emb": "learned",
-            "norm": "layernorm",
-            "mlp": "gelu_tanh",
-            "qkv_bias": True,
-            "out_bias": True,
-            "mlp_bias": True,
+            **GPT2_STYLE,
             "tie_embeddings": bool(raw.get("tie_word_embeddings", True)),
             "init_std": raw.get("initializer_range", 0.02),
             **ids,

@@ -8,8 +8,9 @@ from typing import Any
 from genloop.config import ModelConfig, validate
 from genloop.errors import UserError
 
-_LLAMA: dict[str, Any] = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "tie_embeddings": True}
-_GPT2: dict[str, Any] = {
+# The choices that make a config one family or another; shared with the Hugging Face mapping.
+LLAMA_STYLE: dict[str, Any] = {"pos_emb": "rope", "norm": "rmsnorm", "mlp": "swiglu", "tie_embeddings": True}
+GPT2_STYLE: dict[str, Any] = {
     "pos_emb": "learned",
     "norm": "layernorm",
     "mlp": "gelu_tanh",
@@ -31,7 +32,7 @@ _BERT: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        **_LLAMA,
+        **LLAMA_STYLE,
         "vocab_size": 512,
         "d_model": 64,
         "n_layers": 2,
@@ -41,7 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_seq_len": 256,
     },
     "tiny-gpt2": {
-        **_GPT2,
+        **GPT2_STYLE,
         "vocab_size": 512,
         "d_model": 64,
         "n_layers": 2,
@@ -50,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_seq_len": 256,
     },
     "tiny-seq2seq": {
-        **_LLAMA,
+        **LLAMA_STYLE,
         "arch": "encoder-decoder",
         "vocab_size": 512,
         "d_model": 64,
@@ -69,7 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_seq_len": 256,
     },
     "small": {
-        **_LLAMA,
+        **LLAMA_STYLE,
         "vocab_size": 8000,
         "d_model": 320,
         "n_layers": 6,
@@ -78,7 +79,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_seq_len": 1024,
     },
     "gpt2-124m": {
-        **_GPT2,
+        **GPT2_STYLE,
         "vocab_size": 50257,
         "d_model": 768,
         "n_layers": 12,
@@ -90,7 +91,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eos_token_id": 50256,
     },
     "smollm2-135m": {
-        **_LLAMA,
+        **LLAMA_STYLE,
         "vocab_size": 49152,
         "d_model": 576,
         "n_layers": 30,
