@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,37 @@ def cli(capsys: pytest.CaptureFixture[str]):
     """Run `genloop ARGS...` in-process; returns (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop whatever the test printed before this command
         code = main([str(a) for a in args])
         out = capsys.readouterr()
         return code, out.out, out.err
 
     return run
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, pulled once per machine into a shared cache (GENLOOP_TEST_CACHE, default
+    .test-cache/ in the repository) so the whole suite downloads and converts it once."""
+    from genloop.checkpoint.pull import pull
+
+    shared = Path(os.environ.get("GENLOOP_TEST_CACHE") or REPO / ".test-cache")
+    saved = {k: os.environ.get(k) for k in ("GENLOOP_HOME", "GENLOOP_CACHE")}
+    os.environ["GENLOOP_HOME"], os.environ["GENLOOP_CACHE"] = str(shared / "home"), str(shared / "cache")
+    try:
+        return pull("smollm2-135m-instruct", progress=False)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2: Path) -> Path:
+    """The original Q4_1 GGUF file the pulled model came from."""
+    return smollm2.parents[2] / "cache" / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -20,7 +20,7 @@ def run_genloop(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 def assert_one_line_error(stderr: str, *needles: str) -> None:
     """Bad input: exactly one readable line on stderr, naming the problem, no traceback."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, stderr
+    assert len(lines) == 1, repr(stderr)
     assert "Traceback" not in stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])

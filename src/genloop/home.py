@@ -24,7 +24,9 @@ def runs_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return home() / "cache"
+    """Downloads (wheels, GGUF files); GENLOOP_CACHE may point elsewhere so several homes share one."""
+    override = os.environ.get("GENLOOP_CACHE")
+    return Path(override).expanduser() if override else home() / "cache"
 
 
 def db_path() -> Path:

@@ -1,7 +1,7 @@
 """Model directories on disk: the native/Hugging Face layout, registry names."""
 
 from genloop.atomic import atomic_dir
-from genloop.checkpoint.directory import load_model, read_config, read_weights, save_model
+from genloop.checkpoint.directory import load_model, read_config, read_weights, save_model, save_state
 from genloop.checkpoint.hf import config_from_hf, config_to_hf, family
 from genloop.checkpoint.registry import list_models, resolve
 
@@ -16,4 +16,5 @@ __all__ = [
     "read_weights",
     "resolve",
     "save_model",
+    "save_state",
 ]

@@ -22,6 +22,7 @@ from genloop.checkpoint.hf import config_from_hf, config_to_hf, family, hf_name,
 from genloop.config import ModelConfig
 from genloop.errors import CheckpointError
 from genloop.model import Model, build_model
+from genloop.model.layers import Rotary
 
 if TYPE_CHECKING:
     from genloop.preprocess import Tokenizer
@@ -52,11 +53,33 @@ def save_model(
     generation: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write `model` (and its tokenizer) as a model directory, replacing `path` atomically."""
-    cfg: ModelConfig = model.config
-    dtype = model.dtype
+    return save_state(
+        _unique_state(model),
+        model.config,
+        path,
+        tokenizer=tokenizer,
+        provenance=provenance,
+        generation=generation,
+    )
+
+
+def save_state(
+    state: Mapping[str, Tensor],
+    cfg: ModelConfig,
+    path: str | Path,
+    *,
+    tokenizer: Tokenizer | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    generation: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write genloop-named weights + config as a model directory without building the model
+    (importers use this: a 135M model need not be initialized only to be overwritten)."""
+    check_state(_unique_state(_skeleton(cfg)), state, "weights to save", cfg)
+    dtype = next(iter(state.values())).dtype
     with atomic_dir(path) as tmp:
         _write_json(tmp / "config.json", config_to_hf(cfg, dtype))
-        save_file(state_to_hf(_unique_state(model), cfg), str(tmp / WEIGHTS), metadata={"format": "pt"})
+        tensors = {k: v.contiguous() for k, v in state_to_hf(state, cfg).items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
         gen = {
             "bos_token_id": cfg.bos_token_id,
             "eos_token_id": cfg.eos_token_id,
@@ -64,22 +87,24 @@ def save_model(
         }
         if cfg.arch == "encoder-decoder":
             gen["decoder_start_token_id"] = cfg.decoder_start_token_id
-        _write_json(
-            tmp / "generation_config.json",
-            {k: v for k, v in {**gen, **(generation or {})}.items() if v is not None},
-        )
-        _write_json(
-            tmp / "genloop.json",
-            {
-                "genloop_version": __version__,
-                "created": time.time(),
-                "family": family(cfg),
-                **(provenance or {}),
-            },
-        )
+        merged = {k: v for k, v in {**gen, **(generation or {})}.items() if v is not None}
+        _write_json(tmp / "generation_config.json", merged)
+        info = {
+            "genloop_version": __version__,
+            "created": time.time(),
+            "family": family(cfg),
+            **(provenance or {}),
+        }
+        _write_json(tmp / "genloop.json", info)
         if tokenizer is not None:
             tokenizer.save(tmp)
     return Path(path)
+
+
+def _skeleton(cfg: ModelConfig) -> Model:
+    """The model's module tree with shapes but no memory: for checking names and building fast."""
+    with torch.device("meta"):
+        return build_model(cfg)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -175,9 +200,14 @@ def load_model(
     p = Path(path)
     cfg = read_config(p)
     found = state_from_hf(read_weights(p), cfg)
-    model = build_model(cfg)
+    model = _skeleton(cfg)
     check_state(_unique_state(model), found, str(p), cfg)
-    model.load_state_dict(found, strict=False)
+    model.load_state_dict(found, strict=False, assign=True)  # adopt the loaded tensors, no copy
+    if getattr(model, "lm_head", None) is not None and cfg.tie_embeddings:
+        model.lm_head.weight = model.embed.tokens.weight
+    for module in model.modules():
+        if isinstance(module, Rotary):
+            module.reset_buffers(torch.device("cpu"))
     first = next(iter(found.values()))
     model.to(device=device, dtype=dtype or first.dtype)
     return model.eval()

@@ -245,7 +245,7 @@ def _pattern(template: str) -> re.Pattern[str]:
     return re.compile(regex)
 
 
-def _rename(name: str, table: list[tuple[str, str]], forward: bool) -> str | None:
+def rename(name: str, table: list[tuple[str, str]], forward: bool) -> str | None:
     """Map one tensor name through the table, genloop -> family when forward, else back."""
     for ours, theirs in table:
         src, dst = (ours, theirs) if forward else (theirs, ours)
@@ -269,7 +269,7 @@ def hf_name(name: str, cfg: ModelConfig) -> str:
         m = _GPT2_QKV.fullmatch(name)
         if m:
             return f"transformer.h.{m[1]}.attn.c_attn.{m[3]} ({m[2]} part)"
-    return _rename(name, _GPT2_NAMES if fam == "gpt2" else _LLAMA_NAMES, forward=True) or name
+    return rename(name, _GPT2_NAMES if fam == "gpt2" else _LLAMA_NAMES, forward=True) or name
 
 
 def state_to_hf(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
@@ -285,7 +285,7 @@ def state_to_hf(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Tens
             if m:
                 qkv.setdefault((m[1], m[3]), {})[m[2]] = t
                 continue
-            new = _rename(name, _GPT2_NAMES, forward=True)
+            new = rename(name, _GPT2_NAMES, forward=True)
             if new is None:
                 raise CheckpointError(f"no GPT-2 name for tensor '{name}'")
             out[new] = _conv1d(t) if new.endswith(("c_proj.weight", "c_fc.weight")) else t
@@ -294,7 +294,7 @@ def state_to_hf(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Tens
             out[f"transformer.h.{layer}.attn.c_attn.{kind}"] = _conv1d(fused) if kind == "weight" else fused
         return out
     for name, t in state.items():
-        new = _rename(name, _LLAMA_NAMES, forward=True)
+        new = rename(name, _LLAMA_NAMES, forward=True)
         if new is None:
             raise CheckpointError(f"no Llama name for tensor '{name}'")
         out[new] = t
@@ -319,12 +319,12 @@ def state_from_hf(state: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Te
                 for part, chunk in zip("qkv", fused.chunk(3, dim=0), strict=True):
                     out[f"decoder.blocks.{m[1]}.attn.{part}.{m[2]}"] = chunk.contiguous()
                 continue
-            new = _rename(name, _GPT2_NAMES, forward=False)
+            new = rename(name, _GPT2_NAMES, forward=False)
             if new is not None and name.endswith(("c_proj.weight", "c_fc.weight")):
                 t = _conv1d(t)
         else:
             if name.endswith("rotary_emb.inv_freq"):
                 continue
-            new = _rename(name, _LLAMA_NAMES, forward=False)
+            new = rename(name, _LLAMA_NAMES, forward=False)
         out[new or name] = t
     return out

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 from genloop.errors import CheckpointError
 from genloop.home import models_dir
@@ -12,7 +15,9 @@ def list_models() -> list[str]:
     root = models_dir()
     if not root.is_dir():
         return []
-    return sorted(d.name for d in root.iterdir() if (d / "config.json").is_file())
+    return sorted(
+        d.name for d in root.iterdir() if (d / "config.json").is_file() and not d.name.startswith(".")
+    )
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -30,3 +35,26 @@ def resolve(name_or_path: str | Path) -> Path:
     raise CheckpointError(
         f"model '{name_or_path}' not found: not a directory and not a registered name; {listing}"
     )
+
+
+def metadata(path: Path) -> dict[str, Any]:
+    """genloop.json of a model directory (provenance); empty when absent or unreadable."""
+    try:
+        data = json.loads((path / "genloop.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def disk_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def remove(name: str) -> Path:
+    """Delete a registered model (only names inside the registry, never an arbitrary path)."""
+    target = models_dir() / name
+    if "/" in name or name.startswith(".") or not (target / "config.json").is_file():
+        known = list_models()
+        raise CheckpointError(f"no registered model '{name}'; registered: {', '.join(known) or 'none'}")
+    shutil.rmtree(target)
+    return target

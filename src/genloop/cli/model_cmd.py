@@ -107,12 +107,18 @@ def model_config(spec: str, overrides: list[str]) -> tuple[ModelConfig, str]:
 
 
 def _info(args: argparse.Namespace) -> int:
+    print_info(args.model, args.overrides, args.context)
+    return 0
+
+
+def print_info(spec: str, overrides: list[str] | None = None, context: int | None = None) -> None:
+    """The `model info` table for a preset, YAML, directory or registered name."""
     from genloop.checkpoint import family
     from genloop.model import model_stats
     from genloop.model.stats import human
 
-    cfg, source = model_config(args.model, args.overrides)
-    s = model_stats(cfg, args.context)
+    cfg, source = model_config(spec, overrides or [])
+    s = model_stats(cfg, context)
     rows = [
         ("source", source),
         ("assembly", f"{cfg.arch} ({family(cfg)} layout)"),
@@ -145,7 +151,6 @@ def _info(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    return 0
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """Language generation: decoding loops over the model library (the batching engine comes later)."""
 
-from genloop.generate.greedy import greedy_decode, greedy_seq2seq
+from genloop.generate.greedy import TextStream, greedy_decode, greedy_seq2seq, stream_greedy
 
-__all__ = ["greedy_decode", "greedy_seq2seq"]
+__all__ = ["TextStream", "greedy_decode", "greedy_seq2seq", "stream_greedy"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import Tensor
 
@@ -48,3 +50,37 @@ def greedy_seq2seq(
         step = logits.argmax(-1, keepdim=True)
         tokens.append(step)
     return torch.cat(tokens, dim=1)
+
+
+@torch.no_grad()
+def stream_greedy(
+    model: DecoderLM,
+    input_ids: list[int],
+    max_new_tokens: int,
+    stop_ids: set[int] | frozenset[int] = frozenset(),
+) -> Iterator[int]:
+    """Yield greedy next tokens one at a time for one prompt, stopping at any of `stop_ids`."""
+    cache = DynamicCache()
+    ids = torch.tensor([input_ids], dtype=torch.long, device=model.device)
+    logits = model(ids, cache=cache)[:, -1]
+    for _ in range(max_new_tokens):
+        nxt = int(logits.argmax(-1))
+        if nxt in stop_ids:
+            return
+        yield nxt
+        logits = model(torch.tensor([[nxt]], device=model.device), cache=cache)[:, -1]
+
+
+class TextStream:
+    """Turns a growing list of token ids into text deltas, holding back a partial UTF-8 character."""
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self.decode, self.ids, self.sent = decode, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):  # the rest of this character is in the next token
+            return ""
+        delta, self.sent = text[self.sent :], len(text)
+        return delta

@@ -41,8 +41,18 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device: torch.device | None = None) -> Tensor:
+        exponents = (
+            torch.arange(0, self.head_dim, 2, dtype=torch.int64, device=device).float() / self.head_dim
+        )
+        return 1.0 / (self.theta**exponents)
+
+    def reset_buffers(self, device: torch.device) -> None:
+        """Recompute inv_freq on `device` (it is not saved, so a model built on 'meta' needs this)."""
+        self.inv_freq = self._inv_freq(device)
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """positions [B, T] -> (cos, sin) each [B, 1, T, head_dim], broadcast over heads."""
