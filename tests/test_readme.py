@@ -20,10 +20,12 @@ def _blocks(lang: str) -> list[str]:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path, genloop_home: Path) -> tuple[Path, dict[str, str]]:
+def workdir(tmp_path: Path, genloop_home: Path, smollm2: Path) -> tuple[Path, dict[str, str]]:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    # reuse the suite's download of SmolLM2 (the README's pull still converts it into this home)
     env = {
         **os.environ,
+        "GENLOOP_CACHE": str(smollm2.parents[2] / "cache"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "GENLOOP_HOME": str(genloop_home),
     }

@@ -235,7 +235,33 @@ def _quantized(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, Q]:
         return w.astype(np.float16), Q.F16
     if w.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
         return w.astype(np.float16), Q.F16  # rows not a multiple of the 32-value block
-    return gguf.quants.quantize(w.astype(np.float32), Q.Q8_0), Q.Q8_0
+    return quantize_q8_0(w), Q.Q8_0
+
+
+def quantize_q8_0(w: np.ndarray, steps: int = 35) -> np.ndarray:
+    """Q8_0 blocks (an f16 scale + 32 int8) with the scale chosen per block to minimise the squared
+    error, not fixed at max|x|/127. Same format, so llama.cpp reads it as usual; on weights that were
+    themselves dequantized from 4-bit (SmolLM2's Q4_1) the error falls about 2.5x, which keeps the
+    model's greedy choices far better than the plain max-scaled rounding."""
+    x = w.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(x).max(axis=1, keepdims=True)
+    best_d = best_q = best_err = None
+    for divisor in np.linspace(127.0, 110.0, steps):
+        d = (amax / divisor).astype(np.float16).astype(np.float32)
+        inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+        q = np.clip(np.rint(x * inv), -127, 127)
+        err = np.square(q * d - x).sum(axis=1, keepdims=True)
+        if best_err is None:
+            best_d, best_q, best_err = d, q, err
+        else:
+            better = err < best_err
+            best_d, best_q = np.where(better, d, best_d), np.where(better, q, best_q)
+            best_err = np.minimum(err, best_err)
+    assert best_d is not None and best_q is not None
+    blocks = np.concatenate(
+        [best_d.astype(np.float16).view(np.uint8), best_q.astype(np.int8).view(np.uint8)], axis=1
+    )
+    return blocks.reshape(*w.shape[:-1], w.shape[-1] // 32 * 34)
 
 
 def _tensors(state: Mapping[str, Tensor], cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
