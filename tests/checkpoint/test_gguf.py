@@ -187,3 +187,53 @@ def test_export_of_a_non_llama_model_is_refused(cli, tmp_path) -> None:
     code, _, err = cli("export", tmp_path / "g", "--out", tmp_path / "g.gguf")
     assert code == 2
     assert_one_line_error(err, "tokenizer.json")
+
+
+# ---------------------------------------------------------------- every tensor type in
+
+# f16 scale fields (byte offsets) per 256-value super-block of the K-quants, set to small values so
+# random payload bytes decode to sane weights
+_K_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _encode(w: np.ndarray, qtype: GGMLQuantizationType, rng: np.random.Generator) -> np.ndarray:
+    import gguf
+
+    if qtype.name in _K_SCALES:
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        raw = rng.integers(0, 256, size=(w.shape[0], w.shape[1] // block, size), dtype=np.uint8)
+        for offset in _K_SCALES[qtype.name]:
+            raw[..., offset : offset + 2] = np.frombuffer(np.float16(0.004).tobytes(), dtype=np.uint8)
+        return raw.reshape(w.shape[0], -1)
+    return gguf.quants.quantize(w.astype(np.float32), qtype)
+
+
+@pytest.mark.parametrize(
+    "qname", ["F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+)
+def test_import_every_tensor_type_matches_transformers(cli, tok, tmp_path, qname: str) -> None:
+    """A GGUF whose matrices are stored as `qname` imports with the logits transformers gets from it."""
+    qtype = GGMLQuantizationType[qname]
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=tok.vocab_size, d_model=256, n_heads=4, n_kv_heads=2, d_ff=512)
+    model = build_model(cfg)
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"m-{qname}.gguf"
+    with gguf_writer(path) as w:
+        add_config(w, cfg, GGMLQuantizationType.F32, "typed")
+        tokenizer_to_gguf(tok, w)
+        from genloop.checkpoint.gguf_file import _tensors
+
+        for name, arr in _tensors(_unique_state(model), cfg):
+            if arr.ndim == 1:
+                w.add_tensor(name, arr.astype(np.float32))
+            else:
+                w.add_tensor(name, _encode(arr, qtype, rng), raw_dtype=qtype)
+    assert cli("import", path, "--name", f"typed-{qname.lower()}")[0] == 0
+    ours = load_model(_registered(f"typed-{qname.lower()}"))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    ids = _ids(tok)
+    with torch.no_grad():
+        a, b = ours(ids), hf(input_ids=ids).logits
+    assert torch.isfinite(a).all()
+    assert (a - b).abs().max().item() <= 1e-4 * max(1.0, b.abs().max().item())

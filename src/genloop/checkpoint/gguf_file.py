@@ -30,7 +30,7 @@ from genloop.model.presets import LLAMA_STYLE
 from genloop.preprocess import Tokenizer
 
 ARCHITECTURES = ("llama", "qwen2")
-FLOAT_TYPES = {Q.F32, Q.F16, Q.BF16, Q.F64}
+FLOAT_TYPES = {Q.F32, Q.F16, Q.F64}  # the reader returns these as typed arrays; BF16 comes as raw bytes
 EXPORT_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
 
 _NAMES = [
