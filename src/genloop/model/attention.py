@@ -51,6 +51,14 @@ class DynamicCache:
     def cross(self, layer: int) -> tuple[Tensor, Tensor] | None:
         return self.cross_kv.get(layer)
 
+    def reorder(self, rows: Tensor) -> None:
+        """Keep batch rows `rows` (with repeats) in that order: beam search follows its beams this way."""
+        for layer in self.keys:
+            self.keys[layer] = self.keys[layer].index_select(0, rows)
+            self.values[layer] = self.values[layer].index_select(0, rows)
+        for layer, (k, v) in self.cross_kv.items():
+            self.cross_kv[layer] = (k.index_select(0, rows), v.index_select(0, rows))
+
     def set_cross(self, layer: int, k: Tensor, v: Tensor) -> None:
         self.cross_kv[layer] = (k, v)
 
