@@ -56,3 +56,45 @@ def smollm2() -> Path:
 def smollm2_gguf(smollm2: Path) -> Path:
     """The original Q4_1 GGUF file the pulled model came from."""
     return smollm2.parents[2] / "cache" / "gguf" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+QUESTIONS = [
+    "What is the capital of France?", "Write a haiku about the sea.", "How do I reverse a list in Python?",
+    "Explain photosynthesis in one sentence.", "What is 12 times 12?", "Name three primary colors.",
+    "Give me a tip for learning to cook.", "What does a compiler do?", "Summarize the water cycle.",
+    "Translate 'good morning' into French.",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf: Path):
+    """transformers' own loading of the same GGUF file: the oracle for SmolLM2 tests."""
+    import torch
+    import transformers
+
+    kw = {"gguf_file": smollm2_gguf.name}
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, dtype=torch.float32, **kw)
+    return model.eval(), transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kw)
+
+
+@pytest.fixture(scope="session")
+def smollm2_greedy_reference(smollm2: Path, smollm2_hf) -> list[tuple[list[int], list[int]]]:
+    """(chat prompt ids, transformers' greedy 64 new tokens) for each of QUESTIONS, EOS not stopping."""
+    import torch
+
+    from genloop.preprocess import Tokenizer
+
+    tok = Tokenizer.load(smollm2)
+    hf, _ = smollm2_hf
+    hf.generation_config.eos_token_id = None  # exactly 64 tokens, no early stop
+    hf.generation_config.pad_token_id = tok.pad_token_id
+    out = []
+    for question in QUESTIONS:
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
+        )
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False)
+        out.append((list(prompt), ref[0, ids.shape[1] :].tolist()))
+    return out

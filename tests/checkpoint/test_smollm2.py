@@ -30,10 +30,8 @@ def ours(smollm2: Path):
 
 
 @pytest.fixture(scope="module")
-def theirs(smollm2_gguf: Path):
-    kw = {"gguf_file": smollm2_gguf.name}
-    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, dtype=torch.float32, **kw)
-    return model.eval(), transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, **kw)
+def theirs(smollm2_hf):
+    return smollm2_hf
 
 
 def _prose_prompts(n: int, words: int) -> list[str]:
@@ -54,34 +52,11 @@ def test_logits_match_transformers_on_long_prompts(ours, theirs) -> None:
         assert diff <= 1e-3, diff
 
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "How do I reverse a list in Python?",
-    "Explain photosynthesis in one sentence.",
-    "What is 12 times 12?",
-    "Name three primary colors.",
-    "Give me a tip for learning to cook.",
-    "What does a compiler do?",
-    "Summarize the water cycle.",
-    "Translate 'good morning' into French.",
-]
-
-
-def test_greedy_64_token_continuations_are_identical(ours, theirs) -> None:
-    model, tok = ours
-    hf, _ = theirs
-    hf.generation_config.eos_token_id = None  # exactly 64 tokens from both, no early stop
-    hf.generation_config.pad_token_id = tok.pad_token_id
-    for question in QUESTIONS:
-        prompt = tok.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=True
-        )
+def test_greedy_64_token_continuations_are_identical(ours, smollm2_greedy_reference) -> None:
+    model, _ = ours
+    for prompt, ref in smollm2_greedy_reference:
         ids = torch.tensor([prompt])
-        mine = greedy_decode(model, ids, 64)[0, ids.shape[1] :]
-        with torch.no_grad():
-            ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False)
-        assert mine.tolist() == ref[0, ids.shape[1] :].tolist(), question
+        assert greedy_decode(model, ids, 64)[0, ids.shape[1] :].tolist() == ref
 
 
 def _strings(n: int = 1000) -> list[str]:

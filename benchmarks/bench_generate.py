@@ -1,0 +1,198 @@
+"""Generation speed on SmolLM2-135M-Instruct: genloop's engine in each dtype vs transformers fp32
+`generate`, in one run on this machine.
+
+    .venv/bin/python benchmarks/bench_generate.py [--dtypes float32,bfloat16,int8,int4] [--quick]
+
+Measures batch-1 decode tok/s, prefill tok/s for 512 tokens, time to first token (short chat prompt),
+aggregate tok/s at 1, 8 and 32 concurrent requests (through the scheduler for genloop, one padded
+batch for transformers) and peak RSS; prints ratios against transformers fp32 and writes
+benchmarks/results/generate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from genloop.checkpoint.pull import pull
+from genloop.generate import Engine, SamplingParams
+
+RESULTS = Path(__file__).parent / "results" / "generate.json"
+LLAMA_CPP_Q4_1 = 97.0  # tok/s, batch-1 decode, measured here with llama-cpp-python (issue 4)
+
+
+def _median(fn: Any, repeats: int) -> float:
+    return statistics.median(fn() for _ in range(repeats))
+
+
+def _prompt_ids(engine: Engine, n: int) -> list[int]:
+    text = " ".join(["The quick brown fox jumps over the lazy dog while the sun sets behind the hills."] * 60)
+    return engine.tokenizer.encode(text, add_special_tokens=False)[:n]
+
+
+def bench_engine(
+    path: Path, dtype: str, repeats: int, concurrency: list[int], new_tokens: int
+) -> dict[str, Any]:
+    engine = Engine(path, dtype=dtype, max_batch=max(concurrency), max_seq_len=1024, prefix_cache_tokens=0)
+    chat = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
+    greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    engine.generate(chat, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
+
+    def decode_rate() -> float:
+        stamps: list[float] = []
+        request = engine.submit(chat, greedy, on_delta=lambda d: stamps.append(time.perf_counter()))
+        request.done.wait()
+        return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    def ttft() -> float:
+        start, first = time.perf_counter(), []
+        r = engine.submit(
+            chat,
+            SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True),
+            on_delta=lambda d: first.append(time.perf_counter()),
+        )
+        r.done.wait()
+        return first[0] - start
+
+    long_prompt = _prompt_ids(engine, 512)
+
+    def prefill_rate() -> float:
+        start, first = time.perf_counter(), []
+        r = engine.submit(
+            long_prompt,
+            SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True),
+            on_delta=lambda d: first.append(time.perf_counter()),
+        )
+        r.done.wait()
+        return 512 / (first[0] - start)
+
+    def aggregate(n: int) -> float:
+        params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+        prompts = [
+            [{"role": "user", "content": f"Tell me fact number {i} about the ocean."}] for i in range(n)
+        ]
+        start = time.perf_counter()
+        outs = engine.generate(prompts, params)
+        return sum(o.completion_tokens for o in outs) / (time.perf_counter() - start)
+
+    result = {
+        "decode_tok_s": _median(decode_rate, repeats),
+        "prefill_512_tok_s": _median(prefill_rate, repeats),
+        "ttft_s": _median(ttft, repeats),
+        "concurrent_tok_s": {str(n): aggregate(n) for n in concurrency},
+    }
+    engine.close()
+    return result
+
+
+def bench_transformers(path: Path, repeats: int, concurrency: list[int], new_tokens: int) -> dict[str, Any]:
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Write a short story about a robot learning to paint."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+
+    def gen(inputs: dict[str, torch.Tensor], n: int) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - start
+
+    gen(chat, 4)
+    t1 = _median(lambda: gen(chat, 1), repeats)
+    decode = _median(lambda: (new_tokens - 1) / (gen(chat, new_tokens) - t1), repeats)
+    ids = torch.tensor([_prompt_ids_hf(tok, 512)])
+    prefill = _median(
+        lambda: 512 / gen({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 1), repeats
+    )
+
+    def aggregate(n: int) -> float:
+        texts = [
+            tok.apply_chat_template(
+                [{"role": "user", "content": f"Tell me fact number {i} about the ocean."}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for i in range(n)
+        ]
+        batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return n * 64 / gen(dict(batch), 64)
+
+    return {
+        "decode_tok_s": decode,
+        "prefill_512_tok_s": prefill,
+        "ttft_s": t1,
+        "concurrent_tok_s": {str(n): aggregate(n) for n in concurrency},
+    }
+
+
+def _prompt_ids_hf(tok: Any, n: int) -> list[int]:
+    text = " ".join(["The quick brown fox jumps over the lazy dog while the sun sets behind the hills."] * 60)
+    return tok(text, add_special_tokens=False)["input_ids"][:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4", help="genloop dtypes to measure")
+    ap.add_argument("--repeats", type=int, default=3, help="repetitions per figure (median)")
+    ap.add_argument("--new-tokens", type=int, default=128, help="tokens per batch-1 decode measurement")
+    ap.add_argument("--quick", action="store_true", help="1 repeat, concurrency 1 and 8 only")
+    args = ap.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    concurrency = [1, 8] if args.quick else [1, 8, 32]
+    path = pull(progress=False)
+    torch.set_num_threads(torch.get_num_threads())
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "model": path.name}
+    results["transformers_float32"] = bench_transformers(path, repeats, concurrency, args.new_tokens)
+    for dtype in args.dtypes.split(","):
+        results[f"genloop_{dtype}"] = bench_engine(path, dtype, repeats, concurrency, args.new_tokens)
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ref = results["transformers_float32"]
+    print(f"SmolLM2-135M-Instruct, {results['threads']} threads, median of {repeats}")
+    header = f"{'':<22}{'decode':>9}{'prefill512':>11}{'ttft s':>8}" + "".join(
+        f"{'x' + c:>9}" for c in map(str, concurrency)
+    )
+    print(header + "   (tok/s; xN = N concurrent)")
+    for name, r in results.items():
+        if not isinstance(r, dict):
+            continue
+        row = f"{name:<22}{r['decode_tok_s']:>9.1f}{r['prefill_512_tok_s']:>11.0f}{r['ttft_s']:>8.3f}"
+        row += "".join(f"{r['concurrent_tok_s'][str(c)]:>9.1f}" for c in concurrency)
+        print(row)
+        if name != "transformers_float32":
+            ratios = {
+                "decode": r["decode_tok_s"] / ref["decode_tok_s"],
+                "prefill": r["prefill_512_tok_s"] / ref["prefill_512_tok_s"],
+                **{
+                    f"x{c}": r["concurrent_tok_s"][str(c)] / ref["concurrent_tok_s"][str(c)]
+                    for c in concurrency
+                },
+            }
+            r["ratio_vs_transformers"] = ratios
+            print(
+                f"{'':<22}"
+                + "  ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+                + f"  | vs llama.cpp Q4_1 decode ({LLAMA_CPP_Q4_1:.0f} tok/s): "
+                + f"{r['decode_tok_s'] / LLAMA_CPP_Q4_1:.2f}x"
+            )
+    print(f"peak RSS {results['peak_rss_mib']:.0f} MiB")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

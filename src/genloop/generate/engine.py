@@ -1,0 +1,514 @@
+"""The generation engine: continuous batching over a preallocated KV cache.
+
+One background thread runs the scheduler. Each iteration it (1) admits a waiting sequence into a free
+slot, reusing any cached prefix of its prompt, (2) runs one chunk of the admitted sequence's prefill
+(chunks keep running streams from stalling behind a long prompt), and (3) runs one decode step for all
+running sequences together. Sequences join and leave between steps; callers get text deltas through a
+callback (`submit`), an async iterator (`stream`) or a blocking call (`generate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genloop.checkpoint import load_model, resolve
+from genloop.checkpoint.directory import load_generation_config
+from genloop.generate.kv_cache import PrefixCache, SlotCache
+from genloop.generate.request import Delta, Request, RequestOutput
+from genloop.generate.request import Sequence as Seq
+from genloop.generate.sampling import Sampler, SamplingParams, make_generator
+from genloop.generate.stop import StopMatcher
+from genloop.model import DecoderLM, DynamicCache, EncoderDecoderLM
+from genloop.preprocess import Tokenizer
+
+Prompt = str | Sequence[Mapping[str, Any]]
+DTYPES = ("float32", "bfloat16", "int8", "int4")
+DEFAULT_CPU_DTYPE = "float32"
+
+
+def load_for_inference(path: Path, dtype: str) -> DecoderLM | EncoderDecoderLM:
+    """The model in the dtype asked for; int8/int4 are weight-only, activations stay float."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype '{dtype}' is not supported; choose one of {', '.join(DTYPES)}")
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    model = load_model(path, dtype=torch_dtype)
+    if dtype in ("int8", "int4"):
+        from genloop.model.quantize import quantize_model
+
+        model = quantize_model(model, dtype)
+    if not isinstance(model, DecoderLM | EncoderDecoderLM):
+        raise ValueError(f"{path} is an encoder-only model; it embeds and classifies, it cannot generate")
+    return model
+
+
+class Engine:
+    """Generation over one model directory (or registered name), shared by CLI, server and evaluation."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        dtype: str = "auto",
+        max_batch: int = 32,
+        max_seq_len: int = 2048,
+        prefill_chunk: int = 512,
+        prefix_cache_tokens: int = 16384,
+    ) -> None:
+        self.path = resolve(model)
+        self.dtype = DEFAULT_CPU_DTYPE if dtype == "auto" else dtype
+        self.tokenizer = Tokenizer.load(self.path)
+        self.model = load_for_inference(self.path, self.dtype)
+        self.config = self.model.config
+        generation = load_generation_config(self.path)
+        eos = generation.get("eos_token_id")
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        eos_ids |= {self.tokenizer.eos_token_id, self.config.eos_token_id}
+        if self.tokenizer.chat_template and "<|im_end|>" in self.tokenizer.chat_template:
+            eos_ids.add(self.tokenizer.token_to_id("<|im_end|>"))
+        self.eos_ids = {i for i in eos_ids if isinstance(i, int)}
+        self.max_len = min(max_seq_len, self.config.max_seq_len)
+        self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
+        self.vocab_size = self.config.vocab_size
+        cache_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        self.cache = (
+            SlotCache(self.config, max_batch, self.max_len, cache_dtype)
+            if isinstance(self.model, DecoderLM)
+            else None
+        )
+        self.prefix = PrefixCache(capacity=prefix_cache_tokens)
+        self.sampler = Sampler()
+        self._waiting: deque[Seq] = deque()
+        self._slots: list[Seq] = []  # decoding sequences first, then at most one prefilling
+        self._n_decoding = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._ids = itertools.count()
+        self.stats = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "prefix_hit_tokens": 0}
+
+    # ------------------------------------------------------------------ public API
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids: raw text with the tokenizer's BOS policy, or chat messages through the template."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        ids = self.tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=True)
+        return list(ids)  # type: ignore[arg-type]
+
+    def submit(
+        self,
+        prompt: Prompt | list[int],
+        params: SamplingParams | None = None,
+        *,
+        on_delta: Any = None,
+        response_format: dict[str, Any] | None = None,
+        request_id: str | None = None,
+    ) -> Request:
+        """Queue a request; `on_delta(Delta)` is called from the engine thread as text arrives."""
+        params = (params or SamplingParams()).validate(self.vocab_size)
+        ids = (
+            list(prompt)
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+            else self.encode_prompt(prompt)
+        )  # type: ignore[arg-type]
+        if not ids:
+            raise ValueError("the prompt is empty: give at least one token of text")
+        room = self.max_len - len(ids)
+        if room < 1:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens but the context holds {self.max_len}; shorten the prompt"
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            params = _with(params, max_tokens=room)
+        request = Request(
+            request_id or f"req-{uuid.uuid4().hex[:12]}", ids, params, on_delta, response_format
+        )
+        for i in range(params.n):
+            seed = None if params.seed is None else params.seed + i
+            request.seqs.append(
+                Seq(
+                    request,
+                    i,
+                    make_generator(seed),
+                    StopMatcher(params.stop),
+                    self._constraint(response_format),
+                )
+            )
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._waiting.extend(request.seqs)
+            self.stats["requests"] += 1
+            self.stats["prompt_tokens"] += len(ids)
+            self._ensure_thread()
+            self._cond.notify()
+        return request
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: SamplingParams | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> list[RequestOutput]:
+        """Complete every prompt (batched together) and wait for all of them."""
+        # one prompt is a str, a list of chat messages, or a list of token ids
+        single = isinstance(prompts, str) or (
+            isinstance(prompts, Sequence) and bool(prompts) and isinstance(prompts[0], Mapping | int)
+        )
+        batch = [prompts] if single else list(prompts)  # type: ignore[list-item]
+        requests = [self.submit(p, params, response_format=response_format) for p in batch]  # type: ignore[arg-type]
+        for r in requests:
+            r.done.wait()
+            if r.error is not None:
+                raise r.error
+        return [r.output() for r in requests]
+
+    async def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> AsyncIterator[Delta]:
+        """Yield deltas as they are generated; leaving the loop early cancels the request at once."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Delta | BaseException] = asyncio.Queue()
+        request = self.submit(
+            prompt,
+            params,
+            response_format=response_format,
+            on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
+        )
+        remaining = len(request.seqs)
+        try:
+            while remaining:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finish_reason is not None:
+                    remaining -= 1
+                yield item
+        finally:
+            if remaining:
+                self.cancel(request)
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request; its slots are freed before the next step."""
+        with self._cond:
+            request.cancelled = True
+            self._cond.notify()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def running(self) -> int:
+        return len(self._slots)
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    # ------------------------------------------------------------------ scheduler
+
+    def _constraint(self, response_format: dict[str, Any] | None) -> Any:
+        if not response_format or response_format.get("type", "text") == "text":
+            return None
+        from genloop.generate import constrained
+
+        kind = response_format.get("type")
+        if kind == "json_object":
+            return constrained.json_object_constraint(self.tokenizer)
+        if kind == "json_schema":
+            spec = response_format.get("json_schema") or {}
+            schema = spec.get("schema", spec) if isinstance(spec, dict) else spec
+            return constrained.json_schema_constraint(schema, self.tokenizer)
+        if kind == "regex":
+            return constrained.regex_constraint(response_format.get("regex", ""), self.tokenizer)
+        raise ValueError(
+            f"response_format type '{kind}' is not supported; use text, json_object, json_schema or regex"
+        )
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="genloop-engine", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._waiting or self._slots or self._closed):
+                    self._cond.wait()
+                if self._closed:
+                    return
+            try:
+                with torch.inference_mode():
+                    self._step()
+            except BaseException as exc:  # a bug must not hang callers: fail every request in flight
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            seqs = list(self._slots) + list(self._waiting)
+            self._slots.clear()
+            self._waiting.clear()
+            self._n_decoding = 0
+        for seq in seqs:
+            seq.request.error = exc
+            seq.request.done.set()
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        if isinstance(self.model, EncoderDecoderLM):
+            self._seq2seq_step()
+            return
+        self._admit()
+        if len(self._slots) > self._n_decoding:
+            self._prefill_chunk(self._slots[self._n_decoding])
+        if self._n_decoding:
+            self._decode()
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            self._waiting = deque(s for s in self._waiting if not s.request.cancelled)
+        for seq in [s for s in self._slots if s.request.cancelled]:
+            self._finish(seq, "cancelled", notify=False)
+
+    def _admit(self) -> None:
+        assert self.cache is not None
+        with self._cond:
+            if len(self._slots) > self._n_decoding or not self._waiting or len(self._slots) >= self.max_batch:
+                return
+            seq = self._waiting.popleft()
+            beams = seq.request.params.num_beams > 1
+            if beams:  # beam search runs on its own, outside the batch, for all n of the request
+                self._waiting = deque(s for s in self._waiting if s.request is not seq.request)
+        if beams:
+            self._beam_search(seq.request)
+            return
+        seq.slot = len(self._slots)
+        self._slots.append(seq)
+        self.cache.lengths[seq.slot] = 0
+        hit, k, v = self.prefix.lookup(seq.prompt)
+        if hit and k is not None and v is not None:
+            self.cache.write_prefix(seq.slot, k, v)
+            seq.prefilled = hit
+            self.stats["prefix_hit_tokens"] += hit
+
+    def _prefill_chunk(self, seq: Seq) -> None:
+        assert self.cache is not None
+        chunk = self.prefill_chunk if not self._n_decoding else max(64, self.prefill_chunk // 4)
+        todo = seq.prompt[seq.prefilled : seq.prefilled + chunk]
+        view = self.cache.view(seq.slot, seq.slot + 1, len(todo))
+        logits = self.model(torch.tensor([todo]), cache=view, logits_to_keep=1)[:, -1]
+        view.commit()
+        seq.prefilled += len(todo)
+        if seq.prefilled < len(seq.prompt):
+            return
+        self.prefix.store(seq.prompt, self.cache, seq.slot)
+        self._n_decoding += 1  # it sits right after the decoding ones: now it is one of them
+        self._sample([seq], logits)
+
+    def _decode(self) -> None:
+        assert self.cache is not None
+        seqs = self._slots[: self._n_decoding]
+        ready = [s for s in seqs if s.finish_reason is None]
+        if not ready:
+            return
+        ids = torch.tensor([[s.tokens[-1]] for s in seqs])
+        view = self.cache.view(0, len(seqs), 1)
+        logits = self.model(ids, cache=view, logits_to_keep=1)[:, -1]
+        view.commit()
+        self._sample(seqs, logits)
+
+    def _sample(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        allowed = None
+        if any(s.constraint is not None for s in seqs):
+            allowed = torch.ones(len(seqs), logits.shape[-1], dtype=torch.bool)
+            for i, s in enumerate(seqs):
+                if s.constraint is not None:
+                    allowed[i] = self._constraint_mask(s, logits.shape[-1])
+        out = self.sampler(
+            logits,
+            [s.request.params for s in seqs],
+            [s.generator for s in seqs],
+            [s.prompt for s in seqs],
+            [s.out for s in seqs],
+            allowed,
+        )
+        for i, seq in enumerate(seqs):
+            self._accept(
+                seq,
+                out.tokens[i],
+                out.logprobs[i] if out.logprobs is not None else None,
+                out.top_logprobs[i] if out.top_logprobs is not None else None,
+            )
+        for seq in [s for s in seqs if s.finish_reason is not None]:
+            self._finish(seq, seq.finish_reason)
+
+    def _constraint_mask(self, seq: Seq, vocab: int) -> torch.Tensor:
+        if seq.constraint.is_finished():
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            mask[list(self.eos_ids)] = True
+            return mask
+        return seq.constraint.allowed_mask(vocab)
+
+    def _accept(
+        self, seq: Seq, token: int, logprob: float | None, top: list[tuple[int, float]] | None
+    ) -> None:
+        params = seq.request.params
+        stop_token = token in params.stop_token_ids or (token in self.eos_ids and not params.ignore_eos)
+        if seq.constraint is not None and not stop_token:
+            seq.constraint.advance(token)
+        if stop_token:
+            seq.finish_reason = "stop"
+            self._emit(seq, seq.stop.flush(), [], None, None)
+            return
+        seq.out.append(token)
+        self.stats["generated_tokens"] += 1
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        if top is not None:
+            seq.top_logprobs.append(top)
+        text = self.tokenizer.decode(seq.out, skip_special_tokens=True)
+        delta = "" if text.endswith("\ufffd") else text[len(seq.decoded) :]
+        if delta:
+            seq.decoded = text
+        released, stopped = seq.stop.feed(delta)
+        at_limit = (params.max_tokens is not None and len(seq.out) >= params.max_tokens) or len(
+            seq.tokens
+        ) >= self.max_len
+        if stopped:
+            seq.finish_reason = "stop"
+        elif at_limit:
+            seq.finish_reason = "length"
+            released += seq.stop.flush()
+        self._emit(seq, released, [token], logprob, top)
+
+    def _emit(
+        self,
+        seq: Seq,
+        text: str,
+        tokens: list[int],
+        logprob: float | None,
+        top: list[tuple[int, float]] | None,
+    ) -> None:
+        seq.text += text
+        callback = seq.request.on_delta
+        if callback is not None and (text or tokens or seq.finish_reason):
+            callback(
+                Delta(
+                    seq.request.request_id,
+                    seq.index,
+                    text,
+                    tokens,
+                    seq.finish_reason,
+                    [logprob] if logprob is not None else None,
+                    [top] if top is not None else None,
+                    len(seq.prompt),
+                )
+            )
+
+    def _finish(self, seq: Seq, reason: str | None, notify: bool = True) -> None:
+        """Take a sequence out of its slot, keeping running sequences packed in slots 0..B-1."""
+        assert self.cache is not None
+        seq.finish_reason = seq.finish_reason or reason
+        slot = self._slots.index(seq)
+        decoding = slot < self._n_decoding
+        last = self._n_decoding - 1 if decoding else slot
+        if decoding and slot != last:
+            self.cache.move(last, slot)
+            self._slots[slot] = self._slots[last]
+            self._slots[slot].slot = slot
+        if decoding:
+            self._n_decoding -= 1
+            if len(self._slots) > last + 1:  # a prefilling sequence follows: pack it too
+                self.cache.move(last + 1, last)
+                self._slots[last] = self._slots[last + 1]
+                self._slots[last].slot = last
+                del self._slots[last + 1]
+            else:
+                del self._slots[last]
+        else:
+            del self._slots[slot]
+        if all(s.finish_reason is not None for s in seq.request.seqs):
+            seq.request.done.set()
+
+    def _beam_search(self, request: Request) -> None:
+        """Deterministic beam search (translation, summarization): n = the best `n` beams."""
+        from genloop.generate.beam import beam_search
+
+        params = request.params
+        assert isinstance(self.model, DecoderLM)
+        eos = min(self.eos_ids) if self.eos_ids and not params.ignore_eos else None
+        beams = beam_search(
+            self.model,
+            request.prompt_ids,
+            params.num_beams,
+            params.max_tokens or 256,
+            eos,
+            params.length_penalty,
+            params.early_stopping,
+            num_return_sequences=params.n,
+        )
+        for seq, (tokens, _score) in zip(request.seqs, beams, strict=False):
+            for token in tokens:
+                if seq.finish_reason is None:
+                    self._accept(seq, token, None, None)
+            if seq.finish_reason is None:
+                seq.finish_reason = (
+                    "stop" if eos is not None and len(tokens) < (params.max_tokens or 256) else "length"
+                )
+                self._emit(seq, seq.stop.flush(), [], None, None)
+        request.done.set()
+
+    # ------------------------------------------------------------------ encoder-decoder
+
+    def _seq2seq_step(self) -> None:
+        """Encoder-decoder models: one request at a time, encoder once, cross-attention K/V cached."""
+        with self._cond:
+            if not self._waiting:
+                return
+            seq = self._waiting.popleft()
+        model = self.model
+        assert isinstance(model, EncoderDecoderLM)
+        src = torch.tensor([seq.prompt])
+        enc = model.encode(src)
+        cache = DynamicCache()
+        start = self.config.decoder_start_token_id
+        step = torch.tensor([[start if start is not None else (self.tokenizer.bos_token_id or 0)]])
+        while seq.finish_reason is None and not seq.request.cancelled:
+            logits = model.decode(step, enc, cache=cache)[:, -1]
+            self._sample_seq2seq(seq, logits)
+            step = torch.tensor([[seq.out[-1] if seq.out else 0]])
+        if seq.request.cancelled:
+            seq.finish_reason = seq.finish_reason or "cancelled"
+        if all(s.finish_reason is not None for s in seq.request.seqs):
+            seq.request.done.set()
+
+    def _sample_seq2seq(self, seq: Seq, logits: torch.Tensor) -> None:
+        out = self.sampler(logits, [seq.request.params], [seq.generator], [seq.prompt], [seq.out], None)
+        self._accept(
+            seq,
+            out.tokens[0],
+            out.logprobs[0] if out.logprobs else None,
+            out.top_logprobs[0] if out.top_logprobs else None,
+        )
+
+
+def _with(params: SamplingParams, **changes: Any) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, **changes)
