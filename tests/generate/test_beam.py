@@ -52,13 +52,17 @@ def _hf_beams(
             return_dict_in_generate=True,
             **kw,
         )
-    beams = []
-    for seq, score in zip(out.sequences, out.sequences_scores, strict=True):
-        new = seq[len(prompt) :].tolist()
-        if eos is not None and eos in new:
-            new = new[: new.index(eos) + 1]  # the rest is padding
-        beams.append((new, float(score)))
-    return beams
+    return [
+        (_cut(seq[len(prompt) :].tolist(), eos), float(score))
+        for seq, score in zip(out.sequences, out.sequences_scores, strict=True)
+    ]
+
+
+def _cut(tokens: list[int], eos: int | list[int] | None) -> list[int]:
+    """Up to and including the first EOS: transformers pads the shorter beams after it."""
+    ids = [eos] if isinstance(eos, int) else eos or []
+    ends = [i for i, t in enumerate(tokens) if t in ids]
+    return tokens[: ends[0] + 1] if ends else tokens
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +103,18 @@ def test_with_eos_equals_transformers(models, eos_id: int, length_penalty: float
         assert all(results[False, tuple(p)] != results[True, tuple(p)] for p in PROMPTS)
     if length_penalty > 0:
         assert any(results[False, tuple(p)] != results["never", tuple(p)] for p in PROMPTS)
+
+
+def test_several_eos_ids_equal_transformers(models, eos_id: int) -> None:
+    model, hf = models
+    second = _hf_beams(hf, PROMPTS[1], None)[0][0][2]
+    eos = [eos_id, second] if second != eos_id else [eos_id, (eos_id + 1) % VOCAB]
+    ended = []
+    for prompt in PROMPTS:
+        ours = beam_search(model, prompt, 4, NEW, eos, num_return_sequences=4)
+        _same(ours, _hf_beams(hf, prompt, eos, n_return=4))
+        ended += [t[-1] for t, _ in ours if len(t) < NEW]
+    assert set(ended) == set(eos)  # both ids really ended beams
 
 
 def test_one_beam_is_greedy(models) -> None:

@@ -227,3 +227,13 @@ def test_garbage_in_unused_cache_memory_cannot_leak(engine: Engine) -> None:
     engine.prefix.blocks.clear()
     together = [r.outputs[0].token_ids for r in engine.generate(PROMPTS, GREEDY)]
     assert together == alone
+
+
+def test_beam_search_through_the_engine(engine: Engine) -> None:
+    from genloop.generate import beam_search
+
+    params = SamplingParams(temperature=0.0, num_beams=3, n=2, max_tokens=10, ignore_eos=True)
+    out = engine.generate("the cat sat", params)[0]
+    ids = engine.encode_prompt("the cat sat")
+    ref = beam_search(engine.model, ids, 3, 10, None, num_return_sequences=2)
+    assert [c.token_ids for c in out.outputs] == [tokens for tokens, _ in ref]

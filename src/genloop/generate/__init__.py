@@ -1,5 +1,6 @@
 """Language generation: the batching engine, sampling controls, stop strings, beam search."""
 
+from genloop.generate.beam import beam_search
 from genloop.generate.engine import DTYPES, Engine
 from genloop.generate.greedy import TextStream, greedy_decode, greedy_seq2seq, stream_greedy
 from genloop.generate.request import Completion, Delta, RequestOutput
@@ -17,6 +18,7 @@ __all__ = [
     "SamplingParams",
     "StopMatcher",
     "TextStream",
+    "beam_search",
     "greedy_decode",
     "greedy_seq2seq",
     "make_generator",

@@ -3,17 +3,19 @@
 Matching transformers (rather than a textbook variant) matters because users compare outputs with it
 and because its defaults encode choices that change results:
 
-- each step keeps the top `2 * num_beams` candidates (`(1 + #eos) * num_beams`), so that enough beams
+- each step keeps the top `max(2, 1 + number of EOS ids) * num_beams` candidates, so that enough beams
   survive when some of them end; only candidates among the top `num_beams` may become finished beams;
 - a finished beam (ended by EOS, or by reaching max_new_tokens) scores
   `sum(log p) / generated_length ** length_penalty`, where generated_length counts the new tokens
   including the EOS token and excluding the prompt;
-- early_stopping=True stops once `num_beams` beams are finished; False stops when the best running
-  beam, scored at its current length, cannot beat the worst finished one; "never" does the same with
-  the best length it could still reach when length_penalty > 0 (the canonical algorithm).
+- early_stopping=True stops once `num_beams` beams are finished; False stops once they are and the
+  best running beam, scored at its current length, cannot beat the worst of them; "never" does the
+  same with the best length it could still reach when length_penalty > 0 (the canonical algorithm).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +32,14 @@ def beam_search(
     input_ids: list[int],
     num_beams: int,
     max_new_tokens: int,
-    eos_token_id: int | None,
+    eos_token_id: int | Sequence[int] | None,
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     num_return_sequences: int = 1,
 ) -> list[tuple[list[int], float]]:
-    """The best `num_return_sequences` beams, best first: (new token ids, ending with EOS when a beam
-    ended by EOS, and the length-penalized score). max_new_tokens is capped by the model's context."""
+    """The best `num_return_sequences` beams, best first: (new token ids, ending with the EOS token when
+    a beam ended by one, and the length-penalized score). eos_token_id may be several ids (chat models
+    end turns with their own token); max_new_tokens is capped by the model's context."""
     if num_beams < 1 or not 1 <= num_return_sequences <= num_beams:
         raise ValueError(
             f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, "
@@ -48,12 +51,12 @@ def beam_search(
     if max_new_tokens < 1:
         raise ValueError(f"the prompt of {len(input_ids)} tokens leaves no room in the context")
     device = model.device
-    vocab = model.config.vocab_size
-    keep = 2 * num_beams  # transformers: max(2, 1 + number of EOS ids) * num_beams, and we take one EOS
-    is_top = torch.arange(keep, device=device) < num_beams
-
     cache = DynamicCache()
     logits = model(torch.tensor([input_ids], device=device), cache=cache, logits_to_keep=1)[:, -1]
+    vocab = logits.shape[-1]
+    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    keep = min(max(2, 1 + len(eos)) * num_beams, num_beams * vocab)
+    is_top = torch.arange(keep, device=device) < num_beams
     cache.reorder(torch.zeros(num_beams, dtype=torch.long, device=device))
     logits = logits.expand(num_beams, -1)
     # every beam starts as the prompt; only the first may extend it, or all beams would be the same
@@ -69,8 +72,8 @@ def beam_search(
         top_scores, top_idx = scores.reshape(-1).topk(keep)
         parents, tokens = top_idx // vocab, top_idx % vocab
         candidates = torch.cat((running[parents], tokens[:, None]), dim=1)
-        ends = tokens == eos_token_id if eos_token_id is not None else torch.zeros_like(is_top)
-        ends = ends | (step + 1 >= max_new_tokens)
+        ends = torch.isin(tokens, torch.tensor(eos, dtype=torch.long, device=device))
+        ends |= step + 1 >= max_new_tokens
 
         # the best candidates that did not end keep running
         alive_scores = top_scores + ends.float() * _NEG

@@ -407,6 +407,10 @@ class Engine:
     ) -> None:
         seq.text += text
         callback = seq.request.on_delta
+        if seq.request.params.logprobs is None:  # another row of the batch asked for them, not this one
+            logprob, top = None, None
+        elif not seq.request.params.logprobs:
+            top = None
         if callback is not None and (text or tokens or seq.finish_reason):
             callback(
                 Delta(
@@ -447,30 +451,30 @@ class Engine:
             seq.request.done.set()
 
     def _beam_search(self, request: Request) -> None:
-        """Deterministic beam search (translation, summarization): n = the best `n` beams."""
+        """Deterministic beam search (translation, summarization): n = the best `n` beams. It runs in
+        the scheduler thread and holds other requests while it runs; penalties and filters do not apply."""
         from genloop.generate.beam import beam_search
 
         params = request.params
         assert isinstance(self.model, DecoderLM)
-        eos = min(self.eos_ids) if self.eos_ids and not params.ignore_eos else None
+        eos = sorted(self.eos_ids) if self.eos_ids and not params.ignore_eos else None
+        limit = params.max_tokens or self.max_len - len(request.prompt_ids)
         beams = beam_search(
             self.model,
             request.prompt_ids,
             params.num_beams,
-            params.max_tokens or 256,
+            limit,
             eos,
             params.length_penalty,
             params.early_stopping,
             num_return_sequences=params.n,
         )
         for seq, (tokens, _score) in zip(request.seqs, beams, strict=False):
-            for token in tokens:
+            for token in tokens:  # an ending EOS is among them: _accept turns it into finish "stop"
                 if seq.finish_reason is None:
                     self._accept(seq, token, None, None)
             if seq.finish_reason is None:
-                seq.finish_reason = (
-                    "stop" if eos is not None and len(tokens) < (params.max_tokens or 256) else "length"
-                )
+                seq.finish_reason = "length"
                 self._emit(seq, seq.stop.flush(), [], None, None)
         request.done.set()
 
