@@ -1,0 +1,320 @@
+"""Weight-only int8 and int4 quantization for CPU decoding, on PyTorch's own packed-weight kernels.
+
+Batch-1 decoding reads every weight once per token, so its speed is set by the bytes of weight read:
+int8 halves that against bf16 and int4 quarters it. Activations stay in the model's dtype; inside a
+layer they go to bf16 for the kernels, because the kernels' fp32-activation paths are scalar
+reference code here (5-30x slower than an fp32 matmul), their bf16 paths vectorized.
+
+Kernels (torch 2.13, CPU):
+- ``aten._weight_int8pack_mm(x [M, K], w int8 [N, K], scales [N]) -> [M, N]``; x 2-D and
+  contiguous, scales in x's dtype; y = x @ (w * scales[:, None]).T. With bf16 x it corrupts
+  memory (segfaults) when K % 16 != 0, so such layers never call it.
+- ``aten._convert_weight_to_int4pack_for_cpu(q int32 [N, K] in 0..15, inner_k_tiles) -> uint8
+  [N, K/2]`` (an ISA-dependent blocked layout; inner_k_tiles is unused on CPU) and
+  ``aten._weight_int4pack_mm_for_cpu(x [M, K], packed, group_size, scales_and_zeros [K/G, N, 2])``
+  with w = (q - 8) * scale + zero per group of G along K; G in {32, 64, 128, 256}, K % G == 0,
+  N % 16 == 0, scales_and_zeros in x's dtype.
+
+Many rows at once (prefill) are compute-bound, and there both kernels lose to a dense matmul on
+weights dequantized for that call, so above a row count the layers dequantize instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KERNEL_DTYPE = torch.bfloat16
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+DEFAULT_GROUP_SIZE = 32
+# Row counts from which dequantize + dense matmul beats the kernel (measured on this 2-core machine).
+DENSE_ROWS_INT8 = 32
+DENSE_ROWS_INT4 = 256
+QUANT_ROWS = 4096  # a multiple of the int4 packing's row blocks (32/64)
+
+
+def _dense_dtype() -> torch.dtype:
+    """bf16 for the dequantized matmul only where oneDNN has native bf16 (AVX512-BF16/AMX); on plain
+    AVX2 a bf16 matmul is emulated and several times slower than fp32."""
+    try:
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    except (AttributeError, RuntimeError):
+        return torch.float32
+
+
+DENSE_DTYPE = _dense_dtype()
+
+
+def _op(name: str) -> Any:
+    """torch.NAME (the C++ binding; ~1.5 us a call less than torch.ops.aten.NAME), None if absent."""
+    return getattr(torch, name, None) or getattr(torch.ops.aten, name, None)
+
+
+_int8_mm = _op("_weight_int8pack_mm")
+_int4_pack = _op("_convert_weight_to_int4pack_for_cpu")
+_int4_mm = _op("_weight_int4pack_mm_for_cpu")
+HAS_INT8_KERNEL = _int8_mm is not None
+HAS_INT4_KERNEL = _int4_pack is not None and _int4_mm is not None
+
+
+def _row_chunks(n: int) -> list[slice]:
+    """Quantize this many rows at a time: the fp32 temporaries of a 49k-row head would be 100s of MB."""
+    return [slice(i, min(i + QUANT_ROWS, n)) for i in range(0, n, QUANT_ROWS)]
+
+
+def _kernel_input(x2: Tensor) -> Tensor:
+    """[M, K] in bf16 with a contiguous last dim, as both kernels require: one op, none if it is."""
+    return x2.to(KERNEL_DTYPE, memory_format=torch.contiguous_format)
+
+
+class _KernelDtypes(nn.Module):
+    """Keeps the float buffers the kernels read in bf16 through model.float()/.half()/.to(dtype), so
+    forward needs no dtype check (a decode step calls these layers ~200 times)."""
+
+    _kernel_buffers: tuple[str, ...] = ()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
+        super()._apply(fn, recurse)
+        for name in self._kernel_buffers:
+            setattr(self, name, getattr(self, name).to(KERNEL_DTYPE))
+        return self
+
+
+class Int8Linear(_KernelDtypes):
+    """y = x @ (q * scale).T + b with q int8 per output channel, symmetric (zero is exact)."""
+
+    weight: Tensor
+    scales: Tensor
+    _kernel_buffers = ("scales",)
+
+    def __init__(self, in_features: int, out_features: int, bias: Tensor | None = None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        # the kernel's bf16 path corrupts memory (segfaults) when K % 16 != 0 (torch 2.13)
+        self.use_kernel = HAS_INT8_KERNEL and in_features % 16 == 0
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, dtype=KERNEL_DTYPE))
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        mod = cls(linear.in_features, linear.out_features, linear.bias)
+        w = linear.weight.detach()
+        mod.weight = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+        mod.scales = torch.empty(w.shape[0], dtype=KERNEL_DTYPE, device=w.device)
+        for rows in _row_chunks(w.shape[0]):
+            wf = w[rows].float()
+            # the scale is rounded to the kernel's dtype first and the codes chosen against that value
+            scales = (wf.abs().amax(1) / 127).clamp_min(1e-12).to(KERNEL_DTYPE)
+            mod.scales[rows] = scales
+            mod.weight[rows] = torch.round(wf / scales.float()[:, None]).clamp_(-127, 127)
+        return mod
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weights the kernel multiplies by, [N, K]."""
+        return (self.weight.float() * self.scales.float()[:, None]).to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (*x.shape[:-1], self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        if x2.shape[0] < DENSE_ROWS_INT8 and self.use_kernel and x.is_cpu:
+            y = _int8_mm(_kernel_input(x2), self.weight, self.scales)
+        else:  # codes are exact in bf16 (|q| <= 127): scale the output, not a rounded weight copy
+            dt = DENSE_DTYPE if x.is_cpu else x.dtype
+            y = F.linear(x2.to(dt), self.weight.to(dt)) * self.scales.to(dt)
+        y = y.view(shape).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
+
+
+def _int4_qparams(w: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Asymmetric min/max quantization per group of `group_size` along K: (q uint8 [N, K] in 0..15,
+    scale [N, K/G], zero [N, K/G]) with w ~ (q - 8) * scale + zero, scale/zero already rounded to the
+    kernel's dtype so the codes are chosen against the values the kernel will use."""
+    n, k = w.shape
+    g = w.float().view(n, k // group_size, group_size)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-8).to(KERNEL_DTYPE).float()
+    zero = (lo + 8 * scale).to(KERNEL_DTYPE).float()
+    q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp_(0, 15).to(torch.uint8)
+    return q.view(n, k), scale, zero
+
+
+class Int4Linear(_KernelDtypes):
+    """y = x @ dequant(q).T + b, q 4-bit in groups of `group_size` along K, each with a scale and a
+    zero. Shapes the kernel cannot take (N % 16, K % group_size) keep a plain nibble packing and
+    dequantize on every call: correct, not fast."""
+
+    weight: Tensor
+    scales_and_zeros: Tensor
+    _kernel_buffers = ("scales_and_zeros",)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        group_size: int = DEFAULT_GROUP_SIZE,
+        bias: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if group_size not in INT4_GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.use_kernel = HAS_INT4_KERNEL and out_features % 16 == 0 and in_features % group_size == 0
+        k_pad = -(-in_features // group_size) * group_size
+        self.register_buffer("weight", torch.zeros(out_features, k_pad // 2, dtype=torch.uint8))
+        # [K/G, N, 2]: the kernel's layout, kept for the fallback too so there is one format
+        self.register_buffer(
+            "scales_and_zeros", torch.zeros(k_pad // group_size, out_features, 2, dtype=KERNEL_DTYPE)
+        )
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Linear:
+        mod = cls(linear.in_features, linear.out_features, group_size, linear.bias)
+        w = linear.weight.detach()
+        mod.use_kernel = mod.use_kernel and w.device.type == "cpu"
+        pad = -w.shape[1] % group_size
+        packed, qparams = [], []
+        for rows in _row_chunks(w.shape[0]):  # chunks are whole kernel blocks: the packings concatenate
+            wf = w[rows].float()
+            if pad:  # repeat the last column: the partial group keeps its own min/max
+                wf = F.pad(wf[None], (0, pad), mode="replicate")[0]
+            q, scale, zero = _int4_qparams(wf, group_size)
+            if mod.use_kernel:
+                packed.append(_int4_pack(q.to(torch.int32), 2))
+            else:
+                packed.append(q[:, 0::2] | (q[:, 1::2] << 4))
+            qparams.append(torch.stack((scale, zero), -1).to(KERNEL_DTYPE))
+        mod.weight = torch.cat(packed)
+        mod.scales_and_zeros = torch.cat(qparams).transpose(0, 1).contiguous()
+        return mod
+
+    def codes(self) -> Tensor:
+        """The 4-bit codes as uint8 [N, K (padded to the group size)], whichever packing holds them."""
+        if not self.use_kernel:
+            return torch.stack((self.weight & 15, self.weight >> 4), -1).view(self.out_features, -1)
+        return unpack_int4(self.weight, self.out_features)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weights the kernel multiplies by, [N, K]. In-place fp32 steps with contiguous
+        scale/zero: a broadcast addcmul, or bf16 arithmetic, is several times slower here."""
+        n, g = self.out_features, self.group_size
+        scale, zero = self.scales_and_zeros.permute(2, 1, 0).float().contiguous()[..., None]  # [N, K/G, 1]
+        w = self.codes().view(n, -1, g).float().sub_(8).mul_(scale).add_(zero)
+        return w.view(n, -1)[:, : self.in_features].to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (*x.shape[:-1], self.out_features)
+        x2 = x.reshape(-1, self.in_features)
+        if (x2.shape[0] < DENSE_ROWS_INT4 or INT4_LAYOUT is None) and self.use_kernel and x.is_cpu:
+            y = _int4_mm(_kernel_input(x2), self.weight, self.group_size, self.scales_and_zeros)
+        else:
+            dt = DENSE_DTYPE if x.is_cpu else x.dtype
+            y = F.linear(x2.to(dt), self.dequantize(dt))
+        y = y.view(shape).to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"group_size={self.group_size}, bias={self.bias is not None}, kernel={self.use_kernel}"
+        )
+
+
+# The CPU int4 packing (aten/src/ATen/native/cpu/int4mm_kernel.cpp) lays rows out in blocks of
+# BLOCK_N (64 on AVX512, 32 otherwise), each block [K, nb/2] bytes. Full blocks on AVX2/AVX512 pair
+# row r with row r + nb/2 in one byte ("halves"); partial blocks and the scalar build pair 2j with
+# 2j + 1 ("pairs"). The layout is not public, so it is confirmed by a round trip before use.
+Layout = tuple[int, bool]
+
+
+def _unpack_block(blk: Tensor, halves: bool) -> Tensor:
+    """blk uint8 [NB, K, nb/2] -> codes [NB * nb, K]."""
+    nblk, k, half = blk.shape
+    lo, hi = blk & 15, blk >> 4
+    if halves:  # byte j: rows j (low nibble) and j + nb/2 (high)
+        return torch.stack((lo, hi), 1).transpose(2, 3).reshape(nblk * 2 * half, k)
+    return torch.stack((lo, hi), -1).view(nblk, k, 2 * half).transpose(1, 2).reshape(nblk * 2 * half, k)
+
+
+def unpack_int4(packed: Tensor, n: int, layout: Layout | None = None) -> Tensor:
+    """Codes uint8 [N, K] back from `_convert_weight_to_int4pack_for_cpu`'s packing."""
+    block_n, halves = layout or INT4_LAYOUT or (0, False)
+    if not block_n:
+        raise RuntimeError("the CPU int4 packing of this torch build is not one genloop can read")
+    k = packed.numel() * 2 // n
+    flat, full = packed.reshape(-1), n // block_n
+    parts = []
+    if full:
+        parts.append(_unpack_block(flat[: full * block_n * k // 2].view(full, k, block_n // 2), halves))
+    if n % block_n:
+        parts.append(_unpack_block(flat[full * block_n * k // 2 :].view(1, k, (n % block_n) // 2), False))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _find_int4_layout() -> Layout | None:
+    if not HAS_INT4_KERNEL:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (176, 64), generator=gen, dtype=torch.int32)  # full and partial blocks
+    try:
+        packed = _int4_pack(q, 2)
+    except RuntimeError:
+        return None
+    for layout in ((64, True), (32, True), (32, False), (64, False)):
+        if torch.equal(unpack_int4(packed, q.shape[0], layout).int(), q):
+            return layout
+    return None
+
+
+INT4_LAYOUT = _find_int4_layout()
+
+
+def _int4_group(k: int, group_size: int) -> int:
+    """The largest kernel group size <= group_size that divides K (576 = 4.5 x 128), so one setting
+    works for every layer; group_size itself when none does (those layers take the fallback)."""
+    fits = [g for g in INT4_GROUP_SIZES if g <= group_size and k % g == 0]
+    return max(fits) if fits else group_size
+
+
+def quantize_model(
+    model: nn.Module,
+    mode: Literal["int8", "int4"],
+    group_size: int = DEFAULT_GROUP_SIZE,
+    head: Literal["int8", "int4"] | None = "int8",
+) -> nn.Module:
+    """Replace every nn.Linear (attention, MLP, output head) by its weight-only quantized version, in
+    place; returns the model. A head tied to the embedding is untied: the lookup keeps its float
+    table, the head (the largest matmul of a decode step) gets its own quantized copy.
+
+    `head` is the head's own precision (None: leave it as it is). It is int8 by default in both
+    modes: on SmolLM2 an int4 head drops top-1 agreement with fp32 from ~97% to ~89% and decodes
+    no faster (the int8 kernel reads the 49k x 576 head about as fast as the int4 one).
+    `group_size` (int4) is a maximum: each layer takes the largest kernel group size dividing its K.
+    """
+    if mode not in ("int8", "int4") or head not in ("int8", "int4", None):
+        raise ValueError(f"mode and head must be 'int8' or 'int4' (head also None), got {mode!r}, {head!r}")
+    if group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    names = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    for name in names:  # one at a time, so each float weight is freed once replaced
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        kind = head if name == "lm_head" else mode
+        if kind == "int8":
+            setattr(parent, child, Int8Linear.from_linear(linear))
+        elif kind == "int4":
+            setattr(
+                parent, child, Int4Linear.from_linear(linear, _int4_group(linear.in_features, group_size))
+            )
+        del linear
+    return model
