@@ -47,6 +47,6 @@ def test_models_list_show_rm(cli, tmp_path) -> None:
 
 
 def test_chat_with_the_pulled_model(smollm2, cli) -> None:
-    code, out, _ = cli("chat", smollm2, "What is the capital of France?", "--max-new-tokens", "12")
+    code, out, _ = cli("chat", smollm2, "What is the capital of France?", "--max-tokens", "12")
     assert code == 0
     assert "Paris" in out
