@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from genloop.checkpoint import load_model, resolve
+from genloop.checkpoint import resolve
 from genloop.checkpoint.directory import load_generation_config
 from genloop.generate.kv_cache import PrefixCache, SlotCache
+from genloop.generate.loading import load_for_inference
 from genloop.generate.request import Delta, Request, RequestOutput
 from genloop.generate.request import Sequence as Seq
 from genloop.generate.sampling import Sampler, SamplingParams, make_generator
@@ -31,23 +32,7 @@ from genloop.model import DecoderLM, DynamicCache, EncoderDecoderLM
 from genloop.preprocess import Tokenizer
 
 Prompt = str | Sequence[Mapping[str, Any]]
-DTYPES = ("float32", "bfloat16", "int8", "int4")
 DEFAULT_CPU_DTYPE = "float32"
-
-
-def load_for_inference(path: Path, dtype: str) -> DecoderLM | EncoderDecoderLM:
-    """The model in the dtype asked for; int8/int4 are weight-only, activations stay float."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype '{dtype}' is not supported; choose one of {', '.join(DTYPES)}")
-    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    model = load_model(path, dtype=torch_dtype)
-    if dtype in ("int8", "int4"):
-        from genloop.model.quantize import quantize_model
-
-        model = quantize_model(model, dtype)
-    if not isinstance(model, DecoderLM | EncoderDecoderLM):
-        raise ValueError(f"{path} is an encoder-only model; it embeds and classifies, it cannot generate")
-    return model
 
 
 class Engine:
