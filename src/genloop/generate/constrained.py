@@ -273,3 +273,19 @@ def constrained_greedy(
             break
         logits = model(torch.tensor([[token]], device=model.device), cache=cache)[0, -1]
     return tokenizer.decode(out)
+
+
+def constraint_for(response_format: dict[str, Any], tokenizer: Tokenizer) -> Constraint:
+    """The constraint for an OpenAI-style `response_format` (json_object, json_schema, regex)."""
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return json_object_constraint(tokenizer)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema", spec) if isinstance(spec, dict) else spec
+        return json_schema_constraint(schema, tokenizer)
+    if kind == "regex":
+        return regex_constraint(response_format.get("regex", ""), tokenizer)
+    raise ValueError(
+        f"response_format type '{kind}' is not supported; use text, json_object, json_schema or regex"
+    )

@@ -211,20 +211,9 @@ class Engine:
     def _constraint(self, response_format: dict[str, Any] | None) -> Any:
         if not response_format or response_format.get("type", "text") == "text":
             return None
-        from genloop.generate import constrained
+        from genloop.generate.constrained import constraint_for  # llguidance only when asked for
 
-        kind = response_format.get("type")
-        if kind == "json_object":
-            return constrained.json_object_constraint(self.tokenizer)
-        if kind == "json_schema":
-            spec = response_format.get("json_schema") or {}
-            schema = spec.get("schema", spec) if isinstance(spec, dict) else spec
-            return constrained.json_schema_constraint(schema, self.tokenizer)
-        if kind == "regex":
-            return constrained.regex_constraint(response_format.get("regex", ""), self.tokenizer)
-        raise ValueError(
-            f"response_format type '{kind}' is not supported; use text, json_object, json_schema or regex"
-        )
+        return constraint_for(response_format, self.tokenizer)
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
