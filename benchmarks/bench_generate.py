@@ -6,7 +6,8 @@
 Measures batch-1 decode tok/s, prefill tok/s for 512 tokens, time to first token (short chat prompt),
 aggregate tok/s at 1, 8 and 32 concurrent requests (through the scheduler for genloop, one padded
 batch for transformers) and peak RSS; prints ratios against transformers fp32 and writes
-benchmarks/results/generate.json.
+benchmarks/results/generate.json. Each configuration runs in its own fresh process, so that one's
+threads, allocator state and peak RSS never leak into another's figures.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -144,33 +147,50 @@ def _prompt_ids_hf(tok: Any, n: int) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"][:n]
 
 
+def _run_one(name: str, repeats: int, concurrency: list[int], new_tokens: int) -> dict[str, Any]:
+    """One configuration, measured in this process; `name` is transformers_float32 or genloop_DTYPE."""
+    path = pull(progress=False)
+    if name == "transformers_float32":
+        result = bench_transformers(path, repeats, concurrency, new_tokens)
+    else:
+        result = bench_engine(path, name.removeprefix("genloop_"), repeats, concurrency, new_tokens)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4", help="genloop dtypes to measure")
     ap.add_argument("--repeats", type=int, default=3, help="repetitions per figure (median)")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens per batch-1 decode measurement")
     ap.add_argument("--quick", action="store_true", help="1 repeat, concurrency 1 and 8 only")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration, print JSON
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
     concurrency = [1, 8] if args.quick else [1, 8, 32]
-    path = pull(progress=False)
-    torch.set_num_threads(torch.get_num_threads())
-    results: dict[str, Any] = {"threads": torch.get_num_threads(), "model": path.name}
-    results["transformers_float32"] = bench_transformers(path, repeats, concurrency, args.new_tokens)
-    for dtype in args.dtypes.split(","):
-        results[f"genloop_{dtype}"] = bench_engine(path, dtype, repeats, concurrency, args.new_tokens)
-    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.one:
+        print(json.dumps(_run_one(args.one, repeats, concurrency, args.new_tokens)))
+        return
+    pull(progress=False)
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "model": "smollm2-135m-instruct"}
+    for name in ["transformers_float32", *(f"genloop_{d}" for d in args.dtypes.split(","))]:
+        argv = [sys.executable, __file__, "--one", name, "--repeats", str(repeats)]
+        argv += ["--new-tokens", str(args.new_tokens)] + (["--quick"] if args.quick else [])
+        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    results["peak_rss_mib"] = max(r["peak_rss_mib"] for r in results.values() if isinstance(r, dict))
     ref = results["transformers_float32"]
     print(f"SmolLM2-135M-Instruct, {results['threads']} threads, median of {repeats}")
     header = f"{'':<22}{'decode':>9}{'prefill512':>11}{'ttft s':>8}" + "".join(
         f"{'x' + c:>9}" for c in map(str, concurrency)
     )
-    print(header + "   (tok/s; xN = N concurrent)")
+    print(header + f"{'RSS MiB':>8}   (tok/s; xN = N concurrent)")
     for name, r in results.items():
         if not isinstance(r, dict):
             continue
         row = f"{name:<22}{r['decode_tok_s']:>9.1f}{r['prefill_512_tok_s']:>11.0f}{r['ttft_s']:>8.3f}"
         row += "".join(f"{r['concurrent_tok_s'][str(c)]:>9.1f}" for c in concurrency)
+        row += f"{r['peak_rss_mib']:>8.0f}"
         print(row)
         if name != "transformers_float32":
             ratios = {
@@ -188,7 +208,6 @@ def main() -> None:
                 + f"  | vs llama.cpp Q4_1 decode ({LLAMA_CPP_Q4_1:.0f} tok/s): "
                 + f"{r['decode_tok_s'] / LLAMA_CPP_Q4_1:.2f}x"
             )
-    print(f"peak RSS {results['peak_rss_mib']:.0f} MiB")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -23,7 +23,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from genloop.cli import chat_cmd, config_cmd, model_cmd, models_cmd, tokenizer_cmd
+    from genloop.cli import (
+        chat_cmd,
+        config_cmd,
+        feedback_cmd,
+        model_cmd,
+        models_cmd,
+        serve_cmd,
+        tokenizer_cmd,
+    )
 
     parser = _Parser(
         prog="genloop",
@@ -31,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"genloop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (models_cmd, chat_cmd, model_cmd, tokenizer_cmd, config_cmd):
+    for module in (models_cmd, chat_cmd, serve_cmd, model_cmd, tokenizer_cmd, config_cmd, feedback_cmd):
         module.register(sub)
     return parser
 

@@ -92,6 +92,7 @@ class Request:
     params: SamplingParams
     on_delta: Callable[[Delta], None] | None = None
     response_format: dict[str, Any] | None = None
+    on_error: Callable[[BaseException], None] | None = None  # called if the engine fails the request
     seqs: list[Sequence] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     cancelled: bool = False

@@ -1,0 +1,145 @@
+"""Feedback to training rows, in TRL's conversational field names (the formats its trainers read as-is).
+
+- sft:        {"messages": [...]}: corrections and upvoted answers
+- preference: {"prompt": [...], "chosen": [...], "rejected": [...]}: regenerate-and-pick, correction
+  vs original
+- kto:        {"prompt": [...], "completion": [...], "label": bool}: single thumbs up / down
+
+Several feedback rows on one answer (a changed mind, a double click) count once: the latest rating
+and the latest correction win; identical rows are written once. An answer that did not complete is
+never used as a good example.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from genloop.serve.store_models import Feedback, Message, walk_up
+
+Row = dict[str, Any]
+
+
+def _turn(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def _prompt(messages: dict[str, Message], answer: Message) -> list[dict[str, str]]:
+    """The thread the answer replied to, root first, as {"role","content"} turns."""
+    if answer.parent_id is None:
+        return []
+    return [_turn(m.role, m.content) for m in walk_up(messages, answer.parent_id)]
+
+
+class _Verdict:
+    """The latest state of the feedback on one answer inside the export window."""
+
+    def __init__(self) -> None:
+        self.rating: int | None = None
+        self.correction: str | None = None
+        self.preferred_over: dict[str, None] = {}  # ordered set of losing siblings
+
+    def add(self, f: Feedback) -> None:
+        if f.rating is not None:
+            self.rating = f.rating
+        if f.correction is not None:
+            self.correction = f.correction
+        if f.preferred_over:
+            self.preferred_over[f.preferred_over] = None
+
+
+def _verdicts(feedback: Sequence[Feedback], messages: dict[str, Message]) -> dict[str, _Verdict]:
+    """Feedback folded per answer, in order of each answer's first feedback (oldest first)."""
+    out: dict[str, _Verdict] = {}
+    for f in feedback:
+        if f.message_id in messages:
+            out.setdefault(f.message_id, _Verdict()).add(f)
+    return out
+
+
+def _complete(m: Message) -> bool:
+    return m.status == "complete" and bool(m.content.strip())
+
+
+def sft(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row]:
+    rows = []
+    for mid, v in verdicts.items():
+        answer = messages[mid]
+        prompt = _prompt(messages, answer)
+        if not prompt:
+            continue
+        if v.correction is not None:
+            rows.append({"messages": [*prompt, _turn("assistant", v.correction)]})
+        elif v.rating == 1 and _complete(answer):
+            rows.append({"messages": [*prompt, _turn("assistant", answer.content)]})
+    return rows
+
+
+def preference(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row]:
+    rows: list[Row] = []
+    picked: dict[frozenset[str], int] = {}  # a later pick between the same two answers replaces the earlier
+    for mid, v in verdicts.items():
+        answer = messages[mid]
+        prompt = _prompt(messages, answer)
+        if not prompt:
+            continue
+        for other_id in v.preferred_over:
+            other = messages.get(other_id)
+            if other is None or not _complete(answer) or not other.content.strip():
+                continue
+            row = {
+                "prompt": prompt,
+                "chosen": [_turn("assistant", answer.content)],
+                "rejected": [_turn("assistant", other.content)],
+            }
+            key = frozenset((mid, other_id))
+            if key in picked:
+                rows[picked[key]] = row
+            else:
+                picked[key] = len(rows)
+                rows.append(row)
+        if v.correction is not None and answer.content.strip() and v.correction != answer.content:
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": [_turn("assistant", v.correction)],
+                    "rejected": [_turn("assistant", answer.content)],
+                }
+            )
+    return rows
+
+
+def kto(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row]:
+    rows = []
+    for mid, v in verdicts.items():
+        answer = messages[mid]
+        prompt = _prompt(messages, answer)
+        if v.rating is None or not prompt or not answer.content.strip():
+            continue
+        if v.rating == 1 and not _complete(answer):
+            continue  # a cut-off answer is no example of a good one
+        rows.append(
+            {"prompt": prompt, "completion": [_turn("assistant", answer.content)], "label": v.rating == 1}
+        )
+    return rows
+
+
+EXPORTERS: dict[str, Callable[[dict[str, _Verdict], dict[str, Message]], list[Row]]] = {
+    "sft": sft,
+    "preference": preference,
+    "kto": kto,
+}
+
+
+def export_rows(kind: str, feedback: Sequence[Feedback], messages: dict[str, Message]) -> list[Row]:
+    """`feedback` oldest first; `messages` every message of the conversations it touches. Identical rows
+    (a pick and a correction saying the same thing) are written once: duplicates only reweight training."""
+    seen: set[str] = set()
+    rows = []
+    for row in EXPORTERS[kind](_verdicts(feedback, messages), messages):
+        key = json.dumps(row, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
