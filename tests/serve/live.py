@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,6 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+
+WORDS = [
+    *("the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "big", "small", "red", "blue"),
+    *("happy", "sad", "tree", "house", "river", "sun", "moon"),
+]
 
 
 def free_port() -> int:
@@ -68,3 +74,29 @@ def server_process(model: Path | str, home: Path, port: int, *args: str) -> subp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def tiny_model(root: Path) -> Path:
+    """A random ~1M-parameter model with a trained tokenizer (and its default chat template)."""
+    import torch
+
+    from genloop.checkpoint import save_model
+    from genloop.config import TokenizerConfig
+    from genloop.model import build_model
+    from genloop.model.presets import preset
+    from genloop.preprocess import Tokenizer
+
+    rng = random.Random(0)
+    texts = [" ".join(rng.choices(WORDS, k=40)) for _ in range(300)]
+    tok = Tokenizer.train(texts, TokenizerConfig(vocab_size=300), progress=False)
+    torch.manual_seed(0)
+    cfg = preset(
+        "tiny",
+        vocab_size=tok.vocab_size,
+        max_seq_len=512,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
+    out = root / "tiny-chat"
+    save_model(build_model(cfg), out, tokenizer=tok)
+    return out

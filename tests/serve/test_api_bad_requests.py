@@ -163,6 +163,7 @@ def test_server_still_serves_after_the_bad_requests(http: httpx.Client) -> None:
 
 
 def test_health_stays_open_without_a_key(http: httpx.Client) -> None:
-    assert httpx.get(f"{http.base_url}health").status_code == 200
-    assert httpx.get(f"{http.base_url}v1/models").status_code == 401
+    base = str(http.base_url).rstrip("/")
+    assert httpx.get(f"{base}/health").status_code == 200
+    assert httpx.get(f"{base}/v1/models").status_code == 401
     assert http.get("/v1/models", headers={"X-Api-Key": KEY, "Authorization": ""}).status_code == 200

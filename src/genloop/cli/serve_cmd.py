@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="warning",
         help="uvicorn's log level (default warning)",
     )
-    p.set_defaults(func=_serve)
+    p.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:

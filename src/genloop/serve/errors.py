@@ -31,6 +31,9 @@ _TYPES = {
 }
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 class APIError(Exception):
     """An error answered to the client as-is."""
 
@@ -63,7 +66,17 @@ def error_response(exc: APIError) -> JSONResponse:
 def validation_error(exc: ValidationError | RequestValidationError) -> APIError:
     """The first problem pydantic found, as one sentence naming the field."""
     first = exc.errors()[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    loc: list[str] = []
+    for part in first.get("loc", ()):
+        if part == "body":
+            continue
+        if (
+            isinstance(part, str)
+            and not part.isdigit()
+            and (not part.isidentifier() or part in _TYPE_TAGS or part[0].isupper())
+        ):
+            break  # pydantic names the union member it tried (str, list[int], TextPart): not a field
+        loc.append(str(part))
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     where = f"'{param}'" if param else "the request body"

@@ -51,8 +51,13 @@ async def parse(request: Request, model: type[B]) -> B:
         raise validation_error(exc) from exc
 
 
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    """One server-sent event. Unicode line separators are escaped: clients that split lines the way
+    str.splitlines does would otherwise cut an event in two."""
+    return f"data: {json.dumps(data, ensure_ascii=False).translate(_LINE_BREAKS)}\n\n"
 
 
 def _encode(state: ServerState, prompt: Any, chat: bool) -> list[int]:
