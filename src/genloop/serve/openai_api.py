@@ -141,8 +141,12 @@ async def chat_completions(request: Request) -> Any:
     ids = _encode(state, body.chat(), chat=True)
     params = body.engine_params()
     fmt = body.response_format.as_engine() if body.response_format else None
-    recording = await Recording.start(state, body, len(ids), params.n)
-    run = _start(state, [ids], params, fmt)
+    run = _start(state, [ids], params, fmt)  # everything wrong with the request fails before it is stored
+    try:
+        recording = await Recording.start(state, body, len(ids), params.n)
+    except BaseException:
+        run.cancel()
+        raise
     cid, created = new_id("chatcmpl"), int(time.time())
     extra = recording.fields()
 
