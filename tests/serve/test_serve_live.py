@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from genloop.serve.store import Store
+from tests.helpers import assert_one_line_error
 from tests.serve.live import free_port, live_server, server_process, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -132,3 +134,34 @@ def test_kill_9_mid_stream_loses_no_acknowledged_feedback(tiny: Path, tmp_path: 
     store.close()
     with live_server(tiny, tmp_path, "--name", "tiny", "--dtype", "float32") as base2:  # restarts cleanly
         assert len(httpx.get(f"{base2}/v1/conversations", params={"limit": 100}).json()["data"]) == 11
+
+
+def test_serve_bad_arguments_are_one_line_errors(cli, tiny: Path) -> None:  # type: ignore[no-untyped-def]
+    code, _, err = cli("serve", "no-such-model")
+    assert code == 2
+    assert_one_line_error(err, "no-such-model", "not found")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, _, err = cli("serve", str(tiny), "--port", str(busy.getsockname()[1]))
+    assert code == 2
+    assert_one_line_error(err, "cannot listen", "--port")
+    code, _, err = cli("serve", str(tiny), "--port", "70000")
+    assert code == 2
+    assert_one_line_error(err, "--port")
+
+
+def test_health_and_api_answer_503_while_the_model_loads(tiny: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from genloop.serve.app import create_app
+
+    app = create_app(tiny, store_url=f"sqlite:///{tmp_path / 'db.sqlite'}", load=False)
+    with TestClient(app) as client:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.headers["retry-after"]
+        r = client.post("/v1/chat/completions", json=_chat(2))
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert r.json()["error"]["type"] == "service_unavailable"
+        assert client.get("/v1/models").json()["data"][0]["id"] == "tiny-chat"
+    app.state.store.close()
