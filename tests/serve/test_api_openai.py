@@ -85,7 +85,8 @@ def test_logprobs_and_top_logprobs(client: openai.OpenAI) -> None:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
         best = entry.top_logprobs[0].logprob  # greedy picks a most likely token (ties are possible)
         assert math.isclose(best, entry.logprob, abs_tol=1e-4)
-        assert entry.token in [t.token for t in entry.top_logprobs if math.isclose(t.logprob, best, abs_tol=1e-4)]
+        tied = [t.token for t in entry.top_logprobs if math.isclose(t.logprob, best, abs_tol=1e-4)]
+        assert entry.token in tied
     assert "".join(e.token for e in content) == r.choices[0].message.content
 
 
