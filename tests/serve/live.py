@@ -76,7 +76,7 @@ def server_process(model: Path | str, home: Path, port: int, *args: str) -> subp
     )
 
 
-def tiny_model(root: Path) -> Path:
+def tiny_model(root: Path, max_seq_len: int = 512) -> Path:
     """A random ~1M-parameter model with a trained tokenizer (and its default chat template)."""
     import torch
 
@@ -93,7 +93,7 @@ def tiny_model(root: Path) -> Path:
     cfg = preset(
         "tiny",
         vocab_size=tok.vocab_size,
-        max_seq_len=512,
+        max_seq_len=max_seq_len,
         eos_token_id=tok.eos_token_id,
         bos_token_id=tok.bos_token_id,
     )
