@@ -34,6 +34,7 @@ DEFAULT_GROUP_SIZE = 32
 DENSE_ROWS_INT8 = 32
 DENSE_ROWS_INT4 = 256
 QUANT_ROWS = 4096  # a multiple of the int4 packing's row blocks (32/64)
+HEAD_REFINE_TOP = 64  # output-head logits recomputed in fp32 per row (see Int8Linear._refine)
 
 
 def _dense_dtype() -> torch.dtype:
@@ -98,6 +99,7 @@ class Int8Linear(_KernelDtypes):
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scales", torch.ones(out_features, dtype=KERNEL_DTYPE))
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.refine_top = 0  # > 0: recompute this many top outputs per row in fp32 (the output head)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -125,8 +127,19 @@ class Int8Linear(_KernelDtypes):
         else:  # codes are exact in bf16 (|q| <= 127): scale the output, not a rounded weight copy
             dt = DENSE_DTYPE if x.is_cpu else x.dtype
             y = F.linear(x2.to(dt), self.weight.to(dt)) * self.scales.to(dt)
+        if self.refine_top and self.out_features > self.refine_top and x.dtype == torch.float32:
+            y = self._refine(x2, y.float())
         y = y.view(shape).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def _refine(self, x2: Tensor, y: Tensor) -> Tensor:
+        """The kernel's outputs are bf16: 0.125 apart near a logit of 25, so close candidates tie and
+        greedy picks by token id (SmolLM2: 'The' 25.33 vs 'L' 25.24 in fp32 both became 25.125).
+        The top rows are recomputed exactly from the int8 codes in fp32: a [k, K] gather per row."""
+        idx = y.topk(self.refine_top, dim=-1).indices  # [M, k]
+        rows = self.weight[idx].float() * self.scales[idx].float()[..., None]  # [M, k, K]
+        exact = torch.bmm(rows, x2.float()[:, :, None]).squeeze(-1)
+        return y.scatter(1, idx, exact)
 
     def extra_repr(self) -> str:
         return (
@@ -311,7 +324,9 @@ def quantize_model(
         linear = getattr(parent, child)
         kind = head if name == "lm_head" else mode
         if kind == "int8":
-            setattr(parent, child, Int8Linear.from_linear(linear))
+            quantized = Int8Linear.from_linear(linear)
+            quantized.refine_top = HEAD_REFINE_TOP if name == "lm_head" else 0
+            setattr(parent, child, quantized)
         elif kind == "int4":
             setattr(
                 parent, child, Int4Linear.from_linear(linear, _int4_group(linear.in_features, group_size))
