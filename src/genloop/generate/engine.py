@@ -37,8 +37,8 @@ from genloop.model import DecoderLM, EncoderDecoderLM
 from genloop.preprocess import Tokenizer
 
 Prompt = str | Sequence[Mapping[str, Any]]
-# The fastest dtype measured here (benchmarks/bench_generate.py): int4 decodes 2.9x and serves 32
-# concurrent streams 1.1x faster than transformers fp32; `dtype=` (`--dtype`) overrides it.
+# The fastest dtype measured here (benchmarks/bench_generate.py): int4 decodes 2.9-3.5x faster than
+# transformers fp32 and is the fastest at 8 and 32 concurrent streams; `dtype=` (`--dtype`) overrides it.
 DEFAULT_CPU_DTYPE = "int4"
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
 
