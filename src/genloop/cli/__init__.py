@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from genloop.cli import (
         chat_cmd,
         config_cmd,
+        data_cmd,
         feedback_cmd,
         model_cmd,
         models_cmd,
@@ -39,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"genloop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in (models_cmd, chat_cmd, serve_cmd, model_cmd, tokenizer_cmd, config_cmd, feedback_cmd):
+    for module in (
+        models_cmd,
+        chat_cmd,
+        serve_cmd,
+        data_cmd,
+        model_cmd,
+        tokenizer_cmd,
+        config_cmd,
+        feedback_cmd,
+    ):
         module.register(sub)
     return parser
 

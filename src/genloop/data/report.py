@@ -1,0 +1,106 @@
+"""What a build kept and dropped, per source and stage: `report.md` for people, `report.png` to
+see it at a glance. Both are made from the manifest alone, so they can be redrawn any time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from genloop.atomic import atomic_write_text
+
+STAGES = ("read", "extract", "filter", "duplicate", "kept")
+COLORS = {
+    "kept": "#2e7d32",
+    "read": "#9e9e9e",
+    "extract": "#bdbdbd",
+    "filter": "#f9a825",
+    "duplicate": "#c62828",
+}
+
+
+def stage_of(key: str) -> str | None:
+    """Which stage a stats key belongs to (None for counters that are not documents)."""
+    if key.startswith(("read:", "extract:", "filter:")):
+        return key.split(":", 1)[0]
+    if key.endswith("_duplicate"):
+        return "duplicate"
+    return "kept" if key == "kept" else None
+
+
+def stage_totals(stages: dict[str, int]) -> dict[str, int]:
+    totals = dict.fromkeys(STAGES, 0)
+    for key, n in stages.items():
+        stage = stage_of(key)
+        if stage:
+            totals[stage] += n
+    return totals
+
+
+def _row(name: str, stages: dict[str, int], tokens: dict[str, int]) -> str:
+    totals = stage_totals(stages)
+    seen = sum(totals.values())
+    pii = sum(n for k, n in stages.items() if k.startswith("pii:"))
+    share = f"{100 * totals['kept'] / seen:.1f}%" if seen else "-"
+    cells = [name, seen, totals["read"] + totals["extract"], totals["filter"], totals["duplicate"]]
+    cells += [totals["kept"], share, tokens.get("train", 0), tokens.get("validation", 0), pii]
+    return "| " + " | ".join(f"{c:,}" if isinstance(c, int) else c for c in cells) + " |"
+
+
+def write_report(output: Path, manifest: dict[str, Any]) -> None:
+    lines = [
+        f"# Data build: {output.name}",
+        "",
+        f"{manifest['splits']['train']['tokens']:,} training tokens and "
+        f"{manifest['splits']['validation']['tokens']:,} validation tokens "
+        f"({manifest['dtype']}, vocabulary {manifest['tokenizer']['vocab_size']:,}), "
+        f"built {manifest['created']}.",
+        "",
+        "| source | documents in | unreadable | filtered | duplicates | kept | kept % | train tokens "
+        "| validation tokens | PII replaced |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_row(s["name"], s["stages"], s["tokens"]) for s in manifest["sources"]]
+    for source in manifest["sources"]:
+        lines += ["", f"## {source['name']}", "", f"{source['kind']}: `{source['where']}`"]
+        lines += [f"licence: {source['licence'] or 'not recorded'}", "", "| stage | reason | documents |"]
+        lines += ["|---|---|---|"]
+        for key, n in sorted(
+            source["stages"].items(), key=lambda kv: (STAGES.index(stage_of(kv[0]) or "kept"), kv[0])
+        ):
+            stage = stage_of(key)
+            if stage and n:
+                lines.append(f"| {stage} | {key.split(':', 1)[-1]} | {n:,} |")
+        pii = {k.split(":", 1)[1]: n for k, n in source["stages"].items() if k.startswith("pii:") and n}
+        if pii:
+            lines += ["", "PII replaced: " + ", ".join(f"{k} {n:,}" for k, n in sorted(pii.items()))]
+    lines += ["", "![what every stage kept and dropped](report.png)", ""]
+    atomic_write_text(output / "report.md", "\n".join(lines))
+    plot_report(output / "report.png", manifest)
+
+
+def plot_report(path: Path, manifest: dict[str, Any]) -> None:
+    """One horizontal bar per source, split into what each stage dropped and what was kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = manifest["sources"]
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(sources)))
+    names = [s["name"] for s in sources]
+    left = [0] * len(sources)
+    for stage in ("kept", "filter", "duplicate", "read", "extract"):
+        counts = [stage_totals(s["stages"])[stage] for s in sources]
+        if not any(counts):
+            continue
+        ax.barh(names, counts, left=left, color=COLORS[stage], label=stage)
+        left = [a + b for a, b in zip(left, counts, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("documents")
+    ax.set_title("What each stage kept and dropped, per source")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
