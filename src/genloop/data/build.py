@@ -176,10 +176,15 @@ def build(
     deduper = Deduplicator(
         config.dedup.exact, config.dedup.near, config.dedup.threshold, config.dedup.num_perm
     )
+    timings = state.setdefault("seconds", {})
+    tick = time.perf_counter()
     with CurateWorkers(settings, workers or os.cpu_count() or 1) as pool, stage_progress(progress) as bar:
         for index, source in enumerate(sources):
             _curate_source(index, source, config, state, work, deduper, pool, bar)
+    timings["curate"] = timings.get("curate", 0.0) + time.perf_counter() - tick
+    tick = time.perf_counter()
     tokenizer = _tokenizer(config, path.parent.resolve(), output, work, state, sources, progress)
+    timings["tokenizer"] = time.perf_counter() - tick
     manifest = write_shards(output, work, sources, state, tokenizer, config, progress)
     write_report(output, manifest)
     state["complete"] = True

@@ -79,27 +79,38 @@ def write_report(output: Path, manifest: dict[str, Any]) -> None:
 
 
 def plot_report(path: Path, manifest: dict[str, Any]) -> None:
-    """One horizontal bar per source, split into what each stage dropped and what was kept."""
+    """Left: the share of each source's documents every stage dropped or kept (sources differ in size
+    by orders of magnitude, so shares, with the count beside each bar). Right: tokens kept."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sources = manifest["sources"]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.6 * len(sources)))
     names = [s["name"] for s in sources]
-    left = [0] * len(sources)
+    totals = [stage_totals(s["stages"]) for s in sources]
+    seen = [max(1, sum(t.values())) for t in totals]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 1.6 + 0.6 * len(sources)), gridspec_kw={"width_ratios": [3, 2]}, sharey=True
+    )
+    start = [0.0] * len(sources)
     for stage in ("kept", "filter", "duplicate", "read", "extract"):
-        counts = [stage_totals(s["stages"])[stage] for s in sources]
-        if not any(counts):
-            continue
-        ax.barh(names, counts, left=left, color=COLORS[stage], label=stage)
-        left = [a + b for a, b in zip(left, counts, strict=True)]
-    ax.invert_yaxis()
-    ax.set_xlabel("documents")
-    ax.set_title("What each stage kept and dropped, per source")
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
+        shares = [100 * t[stage] / n for t, n in zip(totals, seen, strict=True)]
+        if any(shares):
+            left.barh(names, shares, left=start, color=COLORS[stage], label=stage)
+            start = [a + b for a, b in zip(start, shares, strict=True)]
+    for y, n in enumerate(seen):
+        left.text(101, y, f"{n:,} docs", va="center", fontsize="small")
+    left.set_xlim(0, 125)
+    left.invert_yaxis()
+    left.set_xlabel("% of the source's documents")
+    left.set_title("What each stage kept and dropped")
+    fig.legend(loc="lower left", ncol=5, fontsize="small", frameon=False)
+    kept = [sum(s["tokens"].values()) / 1e6 for s in sources]
+    right.barh(names, kept, color=COLORS["kept"])
+    right.set_xlabel("million tokens kept (train + validation)")
+    right.set_title("Tokens per source")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

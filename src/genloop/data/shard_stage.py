@@ -155,6 +155,9 @@ def _manifest(
             }
             for s in sources
         ],
-        "tokenize_seconds": round(seconds, 2),
+        "seconds": {
+            **{k: round(v, 2) for k, v in state.get("seconds", {}).items()},
+            "shards": round(seconds, 2),
+        },
         "config": config.model_dump(mode="json"),
     }
