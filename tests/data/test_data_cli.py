@@ -52,7 +52,7 @@ def test_bad_config_is_one_line_and_writes_nothing(case: str, corpus_dir: Path, 
     body, expected = BAD_CONFIGS[case]
     config = corpus_dir / "bad.yaml"
     config.write_text(body + "output: out\n")
-    code, out, err = cli("data", "build", config, "--no-progress")
+    code, _, err = cli("data", "build", config, "--no-progress")
     assert code == 2, err
     assert expected in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (corpus_dir / "out").exists() or not any((corpus_dir / "out").iterdir())
@@ -148,3 +148,37 @@ def test_examples_bad_input(tmp_path: Path, cli) -> None:
     assert code == 2 and "unknown recipe" in err
     code, _, err = cli("data", "sft", "--recipe", "shakespeare", "--out", out)
     assert code == 2 and "gives text" in err
+
+
+def test_sft_and_preference_from_recipes(tmp_path: Path, cli, recipe_cache: Path) -> None:
+    out = tmp_path / "sft.jsonl"
+    code, stdout, err = cli(
+        "data", "sft", "--recipe", "chitchat:limit=20", "--recipe", "ddtp-translations:language=fr,limit=10",
+        "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 30 and "chitchat 20" in stdout
+    for r in records:
+        roles = [m["role"] for m in r["messages"]]
+        assert roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}
+    out = tmp_path / "prefs.jsonl"
+    code, _, err = cli("data", "preference", "--recipe", "debian-summaries:limit=50", "--out", out, "--seed", "1")
+    assert code == 0, err
+    prefs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(prefs) >= 40
+    assert all(p["chosen"] != p["rejected"] and p["prompt"] for p in prefs)
+
+
+def test_build_with_a_models_tokenizer(corpus_dir: Path, cli) -> None:
+    first = corpus_dir / "first.yaml"
+    first.write_text(GOOD_SOURCE + TOKENIZER + "output: first\n")
+    assert cli("data", "build", first, "--no-progress", "--workers", "1")[0] == 0
+    reuse = corpus_dir / "reuse.yaml"
+    reuse.write_text(GOOD_SOURCE + "tokenizer: {model: first/tokenizer}\noutput: second\n")
+    code, _, err = cli("data", "build", reuse, "--no-progress", "--workers", "1")
+    assert code == 0, err
+    a = json.loads((corpus_dir / "first" / "manifest.json").read_text())
+    b = json.loads((corpus_dir / "second" / "manifest.json").read_text())
+    assert a["tokenizer"]["sha256"] == b["tokenizer"]["sha256"]
+    assert a["splits"]["train"]["tokens"] == b["splits"]["train"]["tokens"]

@@ -106,12 +106,12 @@ def resolve_paths(config: BuildConfig, base: Path, stem: str) -> tuple[Path, dic
     """The output folder and each local source's path, relative to the config file's folder."""
     output = Path(config.output).expanduser() if config.output else data_dir() / stem
     if config.output and not output.is_absolute():
-        output = base / output
+        output = (base / output).resolve()
     paths = {}
     for source in config.sources:
         if source.path is not None:
             p = Path(source.path).expanduser()
-            paths[source.label] = p if p.is_absolute() else base / p
+            paths[source.label] = p if p.is_absolute() else Path(os.path.normpath(base / p))
     return output, paths
 
 
