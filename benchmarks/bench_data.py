@@ -167,9 +167,12 @@ def main() -> None:
                 f"{r['train_tokens']:,} train tokens, peak RSS {r['peak_rss_mib']:,.0f} MiB"
             )
         if len(runs) > 1:
-            print(f"speed-up {runs[0]['workers']} -> {runs[-1]['workers']} workers: "
-                  f"{runs[0]['seconds'] / runs[-1]['seconds']:.2f}x whole build, "
-                  f"{runs[-1]['curate_docs_per_s'] / runs[0]['curate_docs_per_s']:.2f}x curation")  # fmt: skip
+            whole = runs[0]["seconds"] / runs[-1]["seconds"]
+            curation = runs[-1]["curate_docs_per_s"] / runs[0]["curate_docs_per_s"]
+            print(
+                f"speed-up {runs[0]['workers']} -> {runs[-1]['workers']} workers: "
+                f"{whole:.2f}x whole build, {curation:.2f}x curation"
+            )
         tok = bench_tokenizers(Path(tmp) / f"out{runs[-1]['workers']}", args.tokenizer_mb)
     for mode in ("batch", "single_thread"):
         ours, theirs = tok[f"genloop_{mode}"], tok[f"tiktoken_{mode}"]
