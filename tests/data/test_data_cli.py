@@ -163,7 +163,8 @@ def test_sft_and_preference_from_recipes(tmp_path: Path, cli, recipe_cache: Path
         roles = [m["role"] for m in r["messages"]]
         assert roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}
     out = tmp_path / "prefs.jsonl"
-    code, _, err = cli("data", "preference", "--recipe", "debian-summaries:limit=50", "--out", out, "--seed", "1")
+    recipe = "debian-summaries:limit=50"
+    code, _, err = cli("data", "preference", "--recipe", recipe, "--out", out, "--seed", "1")
     assert code == 0, err
     prefs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(prefs) >= 40
