@@ -33,9 +33,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):  # nested folders too (a checkpoint holds a model directory)
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         if final.exists():
             os.replace(final, old)

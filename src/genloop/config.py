@@ -106,6 +106,16 @@ class DataConfig(Section):
     val_fraction: float = Field(0.01, ge=0, lt=1)
     output: str | None = None
     seed: int = 0
+    shards: str | None = Field(
+        None, description="token shards from `genloop data build` (causal LM, span corruption)"
+    )
+    train_file: str | None = Field(
+        None, description="JSONL for sft (messages or prompt/completion) or classification"
+    )
+    validation_file: str | None = Field(None, description="held-out JSONL; default: a slice of train_file")
+    packing: bool = Field(True, description="sft: pack several conversations into each row")
+    replay_shards: str | None = Field(None, description="continual learning: shards of the previous data")
+    replay_ratio: float = Field(0.0, ge=0, lt=1, description="share of each batch drawn from replay_shards")
 
 
 class TrainConfig(Section):
@@ -122,13 +132,28 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="autocast dtype; auto measures bf16 vs fp32 matmul speed here and picks the faster",
+    )
     compile: bool = False
     device: str = "auto"
+    activation_checkpointing: bool = False
     eval_every: int = Field(200, gt=0)
+    eval_batches: int = Field(20, gt=0, description="validation batches per evaluation")
+    early_stopping: int | None = Field(
+        None, gt=0, description="stop after this many evaluations without a gain"
+    )
     save_every: int = Field(500, gt=0)
     keep_last: int = Field(3, gt=0)
+    log_every: int = Field(10, gt=0)
+    max_minutes: float | None = Field(None, gt=0, description="time budget: stop (and save) after this long")
     seed: int = 0
+    init_from: str | None = Field(None, description="start from this model directory (transfer learning)")
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0, description="freeze the first K blocks")
+    lora: dict[str, Any] | None = Field(None, description="LoRA options (r, alpha, dropout, target_modules)")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: DDP or FSDP2")
 
 
 class RunConfig(Section):

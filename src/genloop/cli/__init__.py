@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         models_cmd,
         serve_cmd,
         tokenizer_cmd,
+        train_cmd,
     )
 
     parser = _Parser(
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         chat_cmd,
         serve_cmd,
         data_cmd,
+        train_cmd,
         model_cmd,
         tokenizer_cmd,
         config_cmd,

@@ -98,8 +98,12 @@ def self_mask(
     """Boolean [B|1, 1, T, past+T] mask, or None when SDPA's own causal/unmasked path is exact.
 
     attention_mask [B, past+T] marks real tokens with 1. A query may always see itself, so a row that
-    is all padding yields garbage rather than NaN (its output is ignored anyway).
+    is all padding yields garbage rather than NaN (its output is ignored anyway). A 4-D boolean mask
+    [B, 1, T, past+T] is used as given: packed training rows pass a block-diagonal causal one, so
+    sequences sharing a row never attend to each other.
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool()
     if attention_mask is None and (past == 0 or not causal or t == 1):
         return None
     q_idx = torch.arange(past, past + t, device=device)[:, None]
