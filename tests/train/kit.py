@@ -29,7 +29,9 @@ train:
 """
 
 
-def prose_shards(root: Path, start: int = 0, words: int = 200, docs: int = 30, tokenizer: str | None = None) -> Path:
+def prose_shards(
+    root: Path, start: int = 0, words: int = 200, docs: int = 30, tokenizer: str | None = None
+) -> Path:
     corpus = root / "corpus"
     corpus.mkdir(parents=True)
     prose = Prose(start=start)

@@ -77,8 +77,8 @@ def test_sigkill_then_resume_gives_the_same_losses(shards: Path, tmp_path: Path)
 def test_sigterm_saves_a_checkpoint_and_stops(shards: Path, tmp_path: Path) -> None:
     config = run_config(tmp_path / "run.yaml", shards, steps=100000)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "genloop", "train", str(config), "train.save_every=100000", "--run-dir", str(run),
-           "--no-progress"]  # fmt: skip
+    cmd = [sys.executable, "-m", "genloop", "train", str(config), "train.save_every=100000"]
+    cmd += ["--run-dir", str(run), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.jsonl").is_file():
@@ -99,9 +99,12 @@ def test_torchrun_two_processes_match_one(strategy: str, shards: Path, tmp_path:
     r = genloop("train", config, "--run-dir", single, "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     double = tmp_path / "double"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "genloop",
-           "train", str(config), f"train.distributed={strategy}", "--run-dir", str(double), "--no-progress"]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "genloop", "train", str(config), f"train.distributed={strategy}"]
+    cmd += ["--run-dir", str(double), "--no-progress"]
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = losses(single), losses(double)
     assert abs(a[20] - b[20]) < 1e-4, (a[20], b[20])
@@ -112,8 +115,8 @@ def test_torchrun_two_processes_match_one(strategy: str, shards: Path, tmp_path:
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_path: Path) -> None:
     config = run_config(tmp_path / "run.yaml", shards, steps=200)
     run = tmp_path / "run"
-    r = genloop("train", config, "train.learning_rate=1.0e+6", "train.grad_clip=0", "train.warmup_steps=0",
-                "--run-dir", run, "--no-progress")  # fmt: skip
+    wild = ["train.learning_rate=1.0e+6", "train.grad_clip=0", "train.warmup_steps=0"]
+    r = genloop("train", config, *wild, "--run-dir", run, "--no-progress")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "loss is nan at step" in r.stderr or "loss is inf at step" in r.stderr
     assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1
@@ -124,8 +127,9 @@ def test_bad_run_settings_fail_before_training(shards: Path, tmp_path: Path) -> 
     (tmp_path / "a_file").write_text("x")
     r = genloop("train", config, "--run-dir", tmp_path / "a_file" / "run", "--no-progress")
     assert r.returncode == 2 and "cannot write checkpoints" in r.stderr
-    r = genloop("train", config, "train.batch_size=4096", "data.seq_len=128", "model.d_model=4096",
-                "model.n_layers=64", "model.d_ff=16384", "model.max_seq_len=128", "--no-progress")  # fmt: skip
+    huge = ["train.batch_size=4096", "data.seq_len=128", "model.d_model=4096", "model.n_layers=64"]
+    huge += ["model.d_ff=16384", "model.max_seq_len=128"]
+    r = genloop("train", config, *huge, "--no-progress")
     assert r.returncode == 2 and "GiB of memory" in r.stderr and r.stderr.count("\n") == 1
     r = genloop("train", config, "train.objective=sft", "--no-progress")
     assert r.returncode == 2 and "train_file" in r.stderr
@@ -163,7 +167,11 @@ def test_replay_reduces_forgetting(shards: Path, tmp_path: Path) -> None:
         cont = config.model_copy(deep=True)
         cont.train = cont.train.model_copy(update={"init_from": str(base / "model"), "max_steps": 100})
         cont.data = cont.data.model_copy(
-            update={"shards": str(new), "replay_shards": str(shards) if ratio else None, "replay_ratio": ratio}
+            update={
+                "shards": str(new),
+                "replay_shards": str(shards) if ratio else None,
+                "replay_ratio": ratio,
+            }
         )
         _, reports[ratio] = continual(cont, str(shards), run_dir=tmp_path / f"cont{ratio}", progress=False)
         print(f"replay {ratio}: " + "; ".join(reports[ratio].lines()))
