@@ -98,3 +98,17 @@ def smollm2_greedy_reference(smollm2: Path, smollm2_hf) -> list[tuple[list[int],
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False)
         out.append((list(prompt), ref[0, ids.shape[1] :].tolist()))
     return out
+
+
+@pytest.fixture(scope="session")
+def recipe_cache_path() -> Path:
+    """Where recipe downloads live for tests: GENLOOP_TEST_CACHE (default .test-cache/) + /cache,
+    the same place the smollm2 fixture keeps its wheel, so a machine fetches each package once."""
+    return Path(os.environ.get("GENLOOP_TEST_CACHE") or REPO / ".test-cache") / "cache"
+
+
+@pytest.fixture
+def recipe_cache(recipe_cache_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point GENLOOP_CACHE at the shared cache for one test; monkeypatch restores it afterwards."""
+    monkeypatch.setenv("GENLOOP_CACHE", str(recipe_cache_path))
+    return recipe_cache_path

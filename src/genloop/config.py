@@ -136,7 +136,9 @@ class TrainConfig(Section):
         "auto",
         description="autocast dtype; auto measures bf16 vs fp32 matmul speed here and picks the faster",
     )
-    compile: bool = False
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the model; auto: for long runs (>= 10 minutes or >= 2000 steps)"
+    )
     device: str = "auto"
     activation_checkpointing: bool = False
     eval_every: int = Field(200, gt=0)

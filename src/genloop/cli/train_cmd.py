@@ -87,7 +87,10 @@ def _schedule_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: in
     p.add_argument("--eval-every", type=int, default=100, help="steps between validation runs (default 100)")
     p.add_argument("--save-every", type=int, default=200, help="steps between checkpoints (default 200)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto", help="autocast dtype")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the model (default: only for runs of >= 10 minutes or >= 2000 steps)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout")
 
 
@@ -95,7 +98,8 @@ def _schedule(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "max_steps": args.steps, "max_minutes": args.minutes, "learning_rate": args.lr,
         "batch_size": args.batch_size, "grad_accum": args.grad_accum, "eval_every": args.eval_every,
-        "save_every": args.save_every, "dtype": args.dtype, "compile": args.compile, "seed": args.seed,
+        "save_every": args.save_every, "dtype": args.dtype, "seed": args.seed,
+        "compile": "auto" if args.compile is None else args.compile,
         "warmup_steps": min(100, args.steps // 10),
     }  # fmt: skip
 

@@ -98,7 +98,7 @@ class Shards:
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> Shards:
-        folder = Path(directory)
+        folder = Path(directory).expanduser()
         path = folder / MANIFEST
         if not path.is_file():
             raise UserError(
