@@ -36,7 +36,7 @@ def workdir(tmp_path: Path, genloop_home: Path, smollm2: Path) -> tuple[Path, di
 def test_bash_blocks_run(workdir) -> None:
     cwd, env = workdir
     script = "set -euo pipefail\n" + "\n".join(_blocks("bash"))
-    r = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (cwd / "work" / "small" / "model.safetensors").is_file()
     for block in _blocks("python"):
