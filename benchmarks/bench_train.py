@@ -6,7 +6,8 @@ Model: a GPT-2-style decoder, 6 layers, 384 wide, 6 heads, vocabulary 50304, con
 16 x 256 tokens, fp32, the machine's threads. The reference is a minimal GPT-2 written here (pre-norm
 blocks, one fused QKV projection, SDPA causal attention, GELU MLP, tied head) trained with
 torch.optim.AdamW in eager mode; genloop runs its own `Trainer` (data from shards through
-`PackedDataset`, fused AdamW, schedule, clipping, logging). Both are also timed under
+`PackedDataset`, fused AdamW, schedule, clipping, logging) in fp32, and once more with its default
+`dtype: auto` (bf16 autocast only where bf16 matmuls are measured faster). Both are also timed under
 torch.compile. Tokens/s is the median over the steps after two warm-up steps; MFU divides the
 model's training FLOPs per token (6N + attention) by a matmul peak measured in the same run.
 Writes benchmarks/results/train.json.
@@ -113,7 +114,7 @@ def random_shards(folder: Path) -> Path:
     return folder
 
 
-def bench_genloop(steps: int, compiled: bool, peak: float) -> list[float]:
+def bench_genloop(steps: int, compiled: bool, peak: float, dtype: str = "float32") -> list[float]:
     from genloop.config import TrainConfig
     from genloop.data.loader import PackedDataset
     from genloop.model import build_model, model_stats
@@ -129,7 +130,7 @@ def bench_genloop(steps: int, compiled: bool, peak: float) -> list[float]:
         data = LMBatches(PackedDataset(random_shards(Path(tmp) / "shards"), "train", CONTEXT, BATCH, 0, 0, 1))
         config = TrainConfig(
             max_steps=steps + 2, batch_size=BATCH, warmup_steps=1, log_every=1, save_every=10**6,
-            eval_every=10**6, dtype="float32", compile=compiled,
+            eval_every=10**6, dtype=dtype, compile=compiled,
         )  # fmt: skip
         trainer = Trainer(
             model, causal_lm, data, None, config, Path(tmp) / "run", lambda *a: None,
@@ -146,7 +147,10 @@ def child(kind: str, steps: int, peak: float) -> dict[str, Any]:
     impl, mode = kind.split(":")
     compiled = mode == "compiled"
     start = time.perf_counter()
-    times = bench_reference(steps, compiled) if impl == "reference" else bench_genloop(steps, compiled, peak)
+    if impl == "reference":
+        times = bench_reference(steps, compiled)
+    else:  # "default": genloop's dtype choice (auto: bf16 autocast only where measured faster)
+        times = bench_genloop(steps, compiled, peak, "auto" if mode == "default" else "float32")
     step = statistics.median(times)
     return {
         "kind": kind,
@@ -178,7 +182,7 @@ def main() -> None:
     flops = model_stats(genloop_config(), CONTEXT).train_flops_per_token
     print(f"matmul peak {peak / 1e9:.0f} GFLOP/s fp32 on {torch.get_num_threads()} threads; "
           f"{flops / 1e6:.0f} MFLOP per training token")  # fmt: skip
-    kinds = ["reference:eager", "genloop:eager"]
+    kinds = ["reference:eager", "genloop:eager", "genloop:default"]
     if not args.skip_compiled:
         kinds += ["reference:compiled", "genloop:compiled"]
     results = {}

@@ -60,7 +60,7 @@ def test_override_parsing() -> None:
         ("", ["model.n_layrs=3"], ["unknown key 'model.n_layrs'", "did you mean 'n_layers'"]),
         ("train:\n  batch_size: lots\n", [], ["'train.batch_size' expects an integer", "'lots'"]),
         ("train:\n  learning_rate: fast\n", [], ["'train.learning_rate' expects a number", "'fast'"]),
-        ("", ["train.compile=maybe"], ["'train.compile' expects true or false"]),
+        ("", ["train.compile=maybe"], ["'train.compile' must be 'auto', True or False"]),
         ("model:\n  norm: batchnorm\n", [], ["'model.norm' must be 'rmsnorm' or 'layernorm'", "'batchnorm'"]),
         ("model:\n  d_model: 100\n  n_heads: 3\n", [], ["d_model (100) must be divisible by n_heads (3)"]),
         ("train:\n  batch_size: -1\n", [], ["'train.batch_size'", "greater than 0"]),

@@ -136,7 +136,7 @@ class TrainConfig(Section):
         "auto",
         description="autocast dtype; auto measures bf16 vs fp32 matmul speed here and picks the faster",
     )
-    compile: bool | Literal["auto"] = Field(
+    compile: Literal["auto", True, False] = Field(
         "auto", description="torch.compile the model; auto: for long runs (>= 10 minutes or >= 2000 steps)"
     )
     device: str = "auto"

@@ -187,3 +187,17 @@ def test_replay_reduces_forgetting(shards: Path, tmp_path: Path) -> None:
     assert plain.new_after < plain.new_before and replay.new_after < replay.new_before
     assert plain.old_after - plain.old_before > 0  # learning code costs some prose
     assert replay.old_after - replay.old_before < plain.old_after - plain.old_before
+
+
+def test_time_budget_runs_decay_their_learning_rate(shards: Path, tmp_path: Path) -> None:
+    """WSD's decay sits in the last 20% of the run; with a time budget that is the budget's, not
+    max_steps' (the 20-minute pretraining run once ended still at its peak rate)."""
+    config = run_config(tmp_path / "run.yaml", shards, steps=100000)
+    settings = ["train.max_minutes=0.15", "train.schedule=wsd", "train.compile=false", "train.save_every=100000"]
+    r = genloop("train", config, *settings, "--run-dir", tmp_path / "run", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "(time budget)" in r.stdout
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in rows if "lr" in row]
+    assert max(lrs) == pytest.approx(3e-3)
+    assert lrs[-1] < 0.5 * 3e-3, lrs[-5:]

@@ -94,9 +94,11 @@ class Trainer:
         self.metrics = MetricsLog(run_dir, enabled=self.main)
         self.progress = progress and self.main
         self.step = 0
+        self.total_steps = config.max_steps  # with a time budget: the steps the budget is projected to allow
         self.best_val = math.inf
         self.bad_evals = 0
         self._signal: int | None = None
+        self._first_step_done: tuple[float, int] | None = None
 
     # ---- resume ---------------------------------------------------------------------------------
 
@@ -160,6 +162,8 @@ class Trainer:
                 rate = self.tokens_per_step / seconds
                 mfu = rate * self.flops_per_token / self.peak_flops if self.peak_flops else 0.0
                 bar.update(self.step, loss_value, rate, mfu)
+                if budget is not None:
+                    self._project(budget, start_time, bar)
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.metrics.log(self.step, loss=loss_value, lr=lr, tokens_per_s=rate, mfu=mfu)
@@ -194,6 +198,21 @@ class Trainer:
             time.perf_counter() - start_time, stopped, last_checkpoint,
         )  # fmt: skip
 
+    def _project(self, budget: float, start_time: float, bar: TrainProgress) -> None:
+        """A time budget, not max_steps, ends this run: aim the schedule's decay (cosine, or WSD's last
+        20%) at the step the budget will reach at the pace so far, or it would never decay. The pace
+        is wall time, so a resumed time-budget run follows the same schedule only approximately."""
+        if self._first_step_done is None:
+            self._first_step_done = (time.perf_counter(), self.step)  # skip step 1: compile, warm-up
+            return
+        since, first = self._first_step_done
+        if self.step - first < 5:
+            return
+        pace = (time.perf_counter() - since) / (self.step - first)
+        left = budget - (time.perf_counter() - start_time)
+        self.total_steps = max(self.step + 1, min(self.config.max_steps, self.step + int(left / pace)))
+        bar.set_total(self.total_steps)
+
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -203,7 +222,7 @@ class Trainer:
         cfg = self.config
         self.model.train()
         lr = lr_at(
-            self.step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.schedule, cfg.min_lr_ratio
+            self.step, cfg.learning_rate, cfg.warmup_steps, self.total_steps, cfg.schedule, cfg.min_lr_ratio
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -35,6 +35,9 @@ class TrainProgress:
             self.task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:,.0f}", mfu=f"{100 * mfu:.0f}%"
         )
 
+    def set_total(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+
     def note(self, text: str) -> None:
         if self.enabled:
             self.bar.console.print(text)
