@@ -193,7 +193,8 @@ def test_time_budget_runs_decay_their_learning_rate(shards: Path, tmp_path: Path
     """WSD's decay sits in the last 20% of the run; with a time budget that is the budget's, not
     max_steps' (the 20-minute pretraining run once ended still at its peak rate)."""
     config = run_config(tmp_path / "run.yaml", shards, steps=100000)
-    settings = ["train.max_minutes=0.15", "train.schedule=wsd", "train.compile=false", "train.save_every=100000"]
+    settings = ["train.max_minutes=0.15", "train.schedule=wsd", "train.compile=false"]
+    settings.append("train.save_every=100000")
     r = genloop("train", config, *settings, "--run-dir", tmp_path / "run", "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "(time budget)" in r.stdout
