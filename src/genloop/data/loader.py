@@ -11,7 +11,7 @@ windows `[s*B, (s+1)*B)`. Nothing is read until a batch needs it (numpy.memmap).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,58 @@ def distributed_position() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-class PackedDataset:
+def resolve_position(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """The given (rank, world size), else this process's place under torchrun."""
+    if rank is None or world_size is None:
+        rank, world_size = distributed_position()
+    if not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size
+
+
+class StepBatches:
+    """What the trainer needs of any dataset besides `batch(step)`: length, iteration, resume.
+
+    Subclasses set `steps_per_epoch`, `seed`, `seq_len`, `batch_size` and name in `_state_keys` the
+    settings a resumed run must share (a different layout would not be a resume).
+    """
+
+    steps_per_epoch: int
+    seed: int
+    seq_len: int
+    batch_size: int
+    step: int = 0
+    _state_keys: tuple[str, ...] = ("seed", "seq_len", "batch_size")
+
+    def batch(self, step: int) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """Steps in one epoch for this rank."""
+        return self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        """Endless batches from the current step; the step advances as they are taken."""
+        while True:
+            batch = self.batch(self.step)
+            self.step += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, **{key: getattr(self, key) for key in self._state_keys}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at the exact step a checkpoint recorded, refusing changed data settings."""
+        for key in self._state_keys:
+            if key in state and state[key] != getattr(self, key):
+                raise UserError(
+                    f"the checkpoint's data loader used {key}={state[key]}, this run {getattr(self, key)}: "
+                    "resume with the same data settings"
+                )
+        self.step = int(state["step"])
+
+
+class PackedDataset(StepBatches):
     """Batches of `(inputs, targets)`, each `[batch_size, seq_len]` int64, by global step."""
 
     def __init__(
@@ -44,10 +95,7 @@ class PackedDataset:
         world_size: int | None = None,
     ) -> None:
         self.shards = shards if isinstance(shards, Shards) else Shards.open(Path(shards))
-        if rank is None or world_size is None:
-            rank, world_size = distributed_position()
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside world size {world_size}")
+        rank, world_size = resolve_position(rank, world_size)
         self.split, self.seq_len, self.batch_size = split, seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.arrays = self.shards.arrays(split)
@@ -65,10 +113,6 @@ class PackedDataset:
         self.step = 0
         self._epoch: int | None = None
         self._order = np.empty(0, dtype=np.int64)
-
-    def __len__(self) -> int:
-        """Steps in one epoch for this rank."""
-        return self.steps_per_epoch
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's windows for `epoch`, in the order it reads them."""
@@ -96,23 +140,3 @@ class PackedDataset:
         rows = np.stack([self.window(int(w)) for w in chosen]).astype(np.int64)
         data = torch.from_numpy(rows)
         return data[:, :-1], data[:, 1:]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless batches from the current step; the step advances as they are taken."""
-        while True:
-            batch = self.batch(self.step)
-            self.step += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seed": self.seed, "seq_len": self.seq_len, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at the exact step a checkpoint recorded; a different layout would not be a resume."""
-        for key in ("seed", "seq_len", "batch_size"):
-            if key in state and state[key] != getattr(self, key):
-                raise UserError(
-                    f"the checkpoint's data loader used {key}={state[key]}, this run {getattr(self, key)}: "
-                    "resume with the same data settings"
-                )
-        self.step = int(state["step"])

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from genloop.data.loader import StepBatches, resolve_position
 from genloop.errors import UserError
 from genloop.preprocess.tokenizer import Tokenizer
-from genloop.train.sft_data import Records, StepBatches, no_examples, read_records, resolve_position
+from genloop.train.sft_data import Records, no_examples, read_records
 
 
 def _label(value: object, where: str, field: str) -> str | int:

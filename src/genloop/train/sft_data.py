@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from genloop.data.document import Example
-from genloop.data.loader import distributed_position
+from genloop.data.loader import StepBatches, resolve_position
 from genloop.errors import UserError
 from genloop.preprocess.tokenizer import Tokenizer
 
@@ -80,57 +80,6 @@ def read_records(source: Records) -> Iterator[tuple[str, Mapping[str, Any]]]:
         if not isinstance(item, Mapping):
             raise UserError(f"{where}: expected a mapping, got {type(item).__name__}")
         yield where, item
-
-
-def resolve_position(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """The given (rank, world size), else this process's place under torchrun."""
-    if rank is None or world_size is None:
-        rank, world_size = distributed_position()
-    if not 0 <= rank < world_size:
-        raise UserError(f"rank {rank} is outside world size {world_size}")
-    return rank, world_size
-
-
-class StepBatches:
-    """What the trainer needs of any dataset besides `batch(step)`: length, iteration, resume.
-
-    Subclasses set `steps_per_epoch`, `seed`, `seq_len`, `batch_size` and name in `_state_keys` the
-    settings a resumed run must share (a different layout would not be a resume).
-    """
-
-    steps_per_epoch: int
-    seed: int
-    seq_len: int
-    batch_size: int
-    step: int = 0
-    _state_keys: tuple[str, ...] = ("seed", "seq_len", "batch_size")
-
-    def batch(self, step: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        """Steps in one epoch for this rank."""
-        return self.steps_per_epoch
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless batches from the current step; the step advances as they are taken."""
-        while True:
-            batch = self.batch(self.step)
-            self.step += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, **{key: getattr(self, key) for key in self._state_keys}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at the exact step a checkpoint recorded, refusing changed data settings."""
-        for key in self._state_keys:
-            if key in state and state[key] != getattr(self, key):
-                raise UserError(
-                    f"the checkpoint's data loader used {key}={state[key]}, this run {getattr(self, key)}: "
-                    "resume with the same data settings"
-                )
-        self.step = int(state["step"])
 
 
 def no_examples(source: Records, skipped: Mapping[str, int], what: str) -> UserError:

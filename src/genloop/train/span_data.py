@@ -22,11 +22,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from genloop.data.loader import PackedDataset
+from genloop.data.loader import PackedDataset, StepBatches, resolve_position
 from genloop.data.shards import Shards
 from genloop.errors import UserError
 from genloop.preprocess.tokenizer import Tokenizer
-from genloop.train.sft_data import StepBatches, resolve_position
 
 
 def noise_counts(length: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
