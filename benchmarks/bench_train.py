@@ -8,8 +8,9 @@ blocks, one fused QKV projection, SDPA causal attention, GELU MLP, tied head) tr
 torch.optim.AdamW in eager mode; genloop runs its own `Trainer` (data from shards through
 `PackedDataset`, fused AdamW, schedule, clipping, logging) in fp32, and once more with its default
 `dtype: auto` (bf16 autocast only where bf16 matmuls are measured faster). Both are also timed under
-torch.compile. Tokens/s is the median over the steps after two warm-up steps; MFU divides the
-model's training FLOPs per token (6N + attention) by a matmul peak measured in the same run.
+torch.compile (genloop in its default dtype). Tokens/s is the median over the steps after two
+warm-up steps; MFU divides the model's training FLOPs per token (6N + attention) by the matmul peak
+of the dtype the run computed in, measured in the same run.
 Writes benchmarks/results/train.json.
 """
 
@@ -114,7 +115,7 @@ def random_shards(folder: Path) -> Path:
     return folder
 
 
-def bench_genloop(steps: int, compiled: bool, peak: float, dtype: str = "float32") -> list[float]:
+def bench_genloop(steps: int, compiled: bool, peak: float, dtype: str = "float32") -> tuple[list[float], str]:
     from genloop.config import TrainConfig
     from genloop.data.loader import PackedDataset
     from genloop.model import build_model, model_stats
@@ -138,22 +139,25 @@ def bench_genloop(steps: int, compiled: bool, peak: float, dtype: str = "float32
             peak_flops=peak, progress=False,
         )  # fmt: skip
         trainer.fit()
+        used = str(trainer.autocast_dtype or torch.float32).removeprefix("torch.")
         rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
-    return [BATCH * CONTEXT / r for r in rates]
+    return [BATCH * CONTEXT / r for r in rates], used
 
 
 def child(kind: str, steps: int, peak: float) -> dict[str, Any]:
     impl, mode = kind.split(":")
     compiled = mode == "compiled"
     start = time.perf_counter()
+    dtype = "float32"
     if impl == "reference":
         times = bench_reference(steps, compiled)
-    else:  # "default": genloop's dtype choice (auto: bf16 autocast only where measured faster)
-        times = bench_genloop(steps, compiled, peak, "auto" if mode == "default" else "float32")
+    else:  # default and compiled: genloop's dtype choice (auto: bf16 autocast only where measured faster)
+        times, dtype = bench_genloop(steps, compiled, peak, "float32" if mode == "eager" else "auto")
     step = statistics.median(times)
     return {
         "kind": kind,
+        "dtype": dtype,
         "tokens_per_s": BATCH * CONTEXT / step,
         "step_seconds": step,
         "wall_seconds": time.perf_counter() - start,
@@ -178,10 +182,12 @@ def main() -> None:
     from genloop.model import model_stats
     from genloop.train.hardware import matmul_peak
 
-    peak = matmul_peak("cpu", torch.float32, size=2048, seconds=2.0)
+    peaks = {str(d).removeprefix("torch."): matmul_peak("cpu", d, size=2048, seconds=2.0)
+             for d in (torch.float32, torch.bfloat16)}  # fmt: skip
+    peak = peaks["float32"]
     flops = model_stats(genloop_config(), CONTEXT).train_flops_per_token
-    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s fp32 on {torch.get_num_threads()} threads; "
-          f"{flops / 1e6:.0f} MFLOP per training token")  # fmt: skip
+    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s fp32, {peaks['bfloat16'] / 1e9:.0f} bf16 on "
+          f"{torch.get_num_threads()} threads; {flops / 1e6:.0f} MFLOP per training token")  # fmt: skip
     kinds = ["reference:eager", "genloop:eager", "genloop:default"]
     if not args.skip_compiled:
         kinds += ["reference:compiled", "genloop:compiled"]
@@ -195,16 +201,16 @@ def main() -> None:
             print(f"{kind}: failed\n{proc.stderr[-2000:]}")
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        r["mfu"] = r["tokens_per_s"] * flops / peak
+        r["mfu"] = r["tokens_per_s"] * flops / peaks[r["dtype"]]  # against the peak of the dtype it ran in
         results[kind] = r
-        print(f"{kind:<20} {r['tokens_per_s']:7.0f} tokens/s  MFU {100 * r['mfu']:4.1f}%  "
+        print(f"{kind:<20} {r['dtype']:<9} {r['tokens_per_s']:7.0f} tokens/s  MFU {100 * r['mfu']:4.1f}%  "
               f"step {r['step_seconds']:.2f} s  peak RSS {r['peak_rss_mib']:,.0f} MiB")  # fmt: skip
     base = results.get("reference:eager")
     for kind, r in results.items():
         if base and kind != "reference:eager":
             print(f"{kind} / reference:eager = {r['tokens_per_s'] / base['tokens_per_s']:.2f}x")
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"peak_flops": peak, "flops_per_token": flops, "runs": results}, indent=2))
+    RESULTS.write_text(json.dumps({"peak_flops": peaks, "flops_per_token": flops, "runs": results}, indent=2))
     print(f"wrote {RESULTS}")
     assert math.isfinite(peak)
 

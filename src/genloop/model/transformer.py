@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from genloop.config import ModelConfig
 from genloop.model.attention import Attention, KVCache
+from genloop.model.head_loss import head_cross_entropy
 from genloop.model.layers import MLP, Embeddings, Rotary, make_norm
 
 
@@ -185,13 +186,21 @@ class DecoderLM(_Base):
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
+        labels: Tensor | None = None,
     ) -> Tensor:
         """input_ids [B, T] -> logits [B, T, vocab]. attention_mask covers past + new tokens.
 
         logits_to_keep=k computes only the last k positions' logits: generation needs one, and the
-        output head is a fifth of a prefill's FLOPs for a 49k vocabulary.
+        output head is a fifth of a prefill's FLOPs for a 49k vocabulary. With `labels` [B, T]
+        (already aligned to the next token, -100 ignored) the result is the mean cross-entropy
+        instead, computed without materializing the logits (see head_loss).
         """
         h = self.hidden_states(input_ids, attention_mask, position_ids, cache)
+        if labels is not None:
+            if type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
+                return head_cross_entropy(h, self.lm_head.weight, labels)
+            logits = self.lm_head(h).float().flatten(0, -2)
+            return F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100)
         return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from genloop.config import TrainConfig
 from genloop.errors import UserError
 from genloop.train import distributed as dist_util
+from genloop.train.hardware import choose_autocast
 from genloop.train.metrics import MetricsLog
 from genloop.train.progress import TrainProgress
 from genloop.train.schedule import lr_at
@@ -72,7 +73,6 @@ class Trainer:
         tokens_per_step: int,
         flops_per_token: float,
         peak_flops: float,
-        autocast_dtype: torch.dtype | None = None,
         progress: bool = True,
     ) -> None:
         self.config, self.run_dir = config, run_dir
@@ -83,13 +83,13 @@ class Trainer:
             flops_per_token,
             peak_flops,
         )
-        self.autocast_dtype = autocast_dtype
         self.rank, self.world = dist_util.rank_and_world()
         self.main = self.rank == 0
         self.raw_model = model
         self.trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         self.model = dist_util.wrap(model, config.distributed)
         self.device = next(model.parameters()).device
+        self.autocast_dtype = choose_autocast(config.dtype, self.device)  # measured, not assumed
         self.optimizer = make_optimizer(self.raw_model, config, self.device)
         self.metrics = MetricsLog(run_dir, enabled=self.main)
         self.progress = progress and self.main

@@ -200,7 +200,7 @@ def run_training(
     trainer = Trainer(
         model, OBJECTIVES[t.objective], train_data, val_data, t, run_dir, save_to,
         tokens_per_step=t.batch_size * t.grad_accum * config.data.seq_len, flops_per_token=flops,
-        peak_flops=peak, autocast_dtype=autocast, progress=progress,
+        peak_flops=peak, progress=progress,
     )  # fmt: skip
     if rank == 0:
         atomic_write_text(run_dir / "config.yaml", json.dumps(config.model_dump(mode="json"), indent=2))
