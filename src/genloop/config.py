@@ -118,10 +118,25 @@ class DataConfig(Section):
     replay_ratio: float = Field(0.0, ge=0, lt=1, description="share of each batch drawn from replay_shards")
 
 
+class PreferenceConfig(Section):
+    """DPO, IPO and KTO settings (and the reward model's margin-free Bradley-Terry has none)."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model")
+    loss_type: Literal["sigmoid", "ipo"] = Field("sigmoid", description="dpo: DPO's sigmoid loss or IPO")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo: assumed share of flipped labels")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of thumbs-up examples")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of thumbs-down examples")
+    reference_model: str | None = Field(
+        None, description="reference for dpo/kto log-probs; default: the starting model (frozen)"
+    )
+
+
 class TrainConfig(Section):
     """The trainer loop's knobs; objectives read the ones that apply to them."""
 
-    objective: Literal["causal_lm", "span_corruption", "sft", "classification"] = "causal_lm"
+    objective: Literal[
+        "causal_lm", "span_corruption", "sft", "classification", "dpo", "kto", "reward"
+    ] = "causal_lm"
     learning_rate: float = Field(3e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
@@ -156,6 +171,7 @@ class TrainConfig(Section):
     freeze_layers: int = Field(0, ge=0, description="freeze the first K blocks")
     lora: dict[str, Any] | None = Field(None, description="LoRA options (r, alpha, dropout, target_modules)")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: DDP or FSDP2")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
 
 class RunConfig(Section):

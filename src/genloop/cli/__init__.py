@@ -28,8 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         config_cmd,
         data_cmd,
         feedback_cmd,
+        loop_cmd,
         model_cmd,
         models_cmd,
+        preference_cmd,
         serve_cmd,
         tokenizer_cmd,
         train_cmd,
@@ -47,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         serve_cmd,
         data_cmd,
         train_cmd,
+        preference_cmd,
         model_cmd,
         tokenizer_cmd,
         config_cmd,
         feedback_cmd,
+        loop_cmd,
     ):
         module.register(sub)
     return parser

@@ -63,11 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--data", required=True, type=Path, help="SFT JSONL ({messages} or {prompt, completion})"
     )
     fine.add_argument("--validation", type=Path, help="held-out SFT JSONL for validation loss")
-    fine.add_argument("--lora", action="store_true", help="train LoRA adapters instead of all weights")
-    fine.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    fine.add_argument("--lora-alpha", type=float, default=16, help="LoRA alpha (default 16)")
-    fine.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
-    fine.add_argument("--lora-targets", default="q,k,v,o", help="projections to adapt (default q,k,v,o)")
+    _lora_flags(fine)
     fine.add_argument(
         "--freeze-layers", type=int, default=0, help="freeze the first K blocks (full fine-tuning)"
     )
@@ -75,6 +71,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _schedule_flags(fine, steps=200, lr=2e-4, batch=8, seq=512)
     _common(fine)
     fine.set_defaults(handler=_finetune)
+
+
+def _lora_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters instead of all weights")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=float, default=16, help="LoRA alpha (default 16)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default 0.05)")
+    p.add_argument("--lora-targets", default="q,k,v,o", help="projections to adapt (default q,k,v,o)")
+
+
+def _lora_settings(args: argparse.Namespace) -> dict[str, Any]:
+    targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
+    return {
+        "r": args.lora_r,
+        "alpha": args.lora_alpha,
+        "dropout": args.lora_dropout,
+        "target_modules": targets,
+    }
 
 
 def _schedule_flags(p: argparse.ArgumentParser, steps: int, lr: float, batch: int, seq: int) -> None:
@@ -163,13 +177,7 @@ def _finetune(args: argparse.Namespace) -> int:
     train: dict[str, Any] = {**_schedule(args), "objective": "sft", "init_from": args.model}
     train["freeze_layers"], train["freeze_embeddings"] = args.freeze_layers, args.freeze_embeddings
     if args.lora:
-        targets = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-        train["lora"] = {
-            "r": args.lora_r,
-            "alpha": args.lora_alpha,
-            "dropout": args.lora_dropout,
-            "target_modules": targets,
-        }
+        train["lora"] = _lora_settings(args)
     data = {"train_file": str(args.data), "seq_len": args.seq_len}
     if args.validation:
         data["validation_file"] = str(args.validation)

@@ -187,20 +187,27 @@ class DecoderLM(_Base):
         cache: KVCache | None = None,
         logits_to_keep: int = 0,
         labels: Tensor | None = None,
+        reduction: str = "mean",
     ) -> Tensor:
         """input_ids [B, T] -> logits [B, T, vocab]. attention_mask covers past + new tokens.
 
         logits_to_keep=k computes only the last k positions' logits: generation needs one, and the
         output head is a fifth of a prefill's FLOPs for a 49k vocabulary. With `labels` [B, T]
         (already aligned to the next token, -100 ignored) the result is the mean cross-entropy
-        instead, computed without materializing the logits (see head_loss).
+        instead, computed without materializing the logits (see head_loss); reduction="none" gives
+        each position's cross-entropy [B, T] (0 where ignored), i.e. minus the token log-probabilities
+        that preference and RL objectives sum per sequence.
         """
         h = self.hidden_states(input_ids, attention_mask, position_ids, cache)
         if labels is not None:
-            if type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
+            fused = type(self.lm_head) is nn.Linear and self.lm_head.bias is None
+            if reduction == "mean" and fused:
                 return head_cross_entropy(h, self.lm_head.weight, labels)
-            logits = self.lm_head(h).float().flatten(0, -2)
-            return F.cross_entropy(logits, labels.reshape(-1), ignore_index=-100)
+            logits = self.lm_head(h).float()
+            flat = F.cross_entropy(
+                logits.flatten(0, -2), labels.reshape(-1), ignore_index=-100, reduction=reduction
+            )
+            return flat.view(labels.shape) if reduction == "none" else flat
         return self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
 
 

@@ -161,10 +161,11 @@ def create_app(
     app.state.genloop = state
     errors.install(app)
 
-    from genloop.serve import feedback_api, openai_api
+    from genloop.serve import admin_api, feedback_api, openai_api
 
     app.include_router(openai_api.router)
     app.include_router(feedback_api.router)
+    app.include_router(admin_api.router)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

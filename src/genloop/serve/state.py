@@ -33,6 +33,7 @@ class ServerState:
     load_error: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
+    _swapping: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def fingerprint(self) -> str:
@@ -82,6 +83,23 @@ class ServerState:
 
         threading.Thread(target=work, name="genloop-load", daemon=True).start()
 
+    def swap(self, path: Path, version: str) -> None:
+        """Serve another model without downtime (blocking; call from a worker thread).
+
+        The new engine loads beside the old one; then new requests go to it, while the old engine
+        finishes every request it already holds and only then shuts down. Runs keep a reference to
+        the engine they started on, so nothing in flight changes model mid-answer.
+        """
+        from genloop.generate import Engine
+
+        with self._swapping:
+            engine = Engine(path, **self.engine_options)
+            old = self.engine
+            self.engine, self.model_path, self.model_version = engine, path, version
+            self.metrics.watch(lambda: engine.queued, lambda: engine.running)
+            if old is not None:
+                threading.Thread(target=_retire, args=(old,), name="genloop-retire", daemon=True).start()
+
     def embed(self, batches: list[list[int]], dimensions: int | None) -> list[torch.Tensor]:
         """Mean-pooled last hidden states, L2-normalized (runs on the engine thread)."""
         assert self.engine is not None
@@ -97,3 +115,14 @@ class ServerState:
                 vec = vec[:dimensions]
             out.append(F.normalize(vec, dim=0))
         return out
+
+
+def _retire(engine: Engine, poll: float = 0.05, limit: float = 600.0) -> None:
+    """Close a replaced engine once it has nothing queued or running (or after `limit` seconds).
+    The first second is grace for a request that took the old engine just before the swap and has
+    not submitted yet."""
+    time.sleep(1.0)
+    deadline = time.monotonic() + limit
+    while (engine.queued or engine.running) and time.monotonic() < deadline:
+        time.sleep(poll)
+    engine.close()

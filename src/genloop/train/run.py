@@ -26,6 +26,7 @@ from genloop.train import distributed as dist_util
 from genloop.train.hardware import check_memory, choose_autocast, matmul_peak
 from genloop.train.loop import Trainer, TrainResult
 from genloop.train.objectives import OBJECTIVES, LMBatches, ReplayMix
+from genloop.train.preference_objectives import PREFERENCE_OBJECTIVES
 from genloop.train.state import check_free_space
 
 
@@ -115,6 +116,18 @@ def _data(config: RunConfig, tokenizer: Tokenizer | None, rank: int, world: int)
             d.shards, tokenizer, seq, batch, seed, rank=rank, world_size=world, decoder_start_token_id=start
         )
         return train, None
+    if objective in ("dpo", "kto", "reward"):
+        from genloop.train.preference_data import KTODataset, PreferenceDataset
+
+        if not d.train_file or tokenizer is None:
+            fields = "prompt, completion, label" if objective == "kto" else "prompt, chosen, rejected"
+            raise UserError(
+                f"{objective} needs `data.train_file` (JSONL of {fields}) and a model with a tokenizer"
+            )
+        cls = KTODataset if objective == "kto" else PreferenceDataset
+        train = cls(d.train_file, tokenizer, seq, batch, seed, rank, world)
+        val = cls(d.validation_file, tokenizer, seq, batch, seed, rank, world) if d.validation_file else None
+        return train, val
     from genloop.train.classify_data import ClassificationDataset
 
     if not d.train_file or tokenizer is None:
@@ -125,6 +138,17 @@ def _data(config: RunConfig, tokenizer: Tokenizer | None, rank: int, world: int)
         val = ClassificationDataset(d.validation_file, tokenizer, seq, batch, seed, labels=train.labels,
                                     rank=rank, world_size=world)  # fmt: skip
     return train, val
+
+
+def _attach_reference(model: nn.Module, t: Any, device: torch.device, datasets: list[Any]) -> None:
+    """DPO/KTO reference log-probs, once, before the first step: from `preference.reference_model`,
+    or from the starting model itself (with LoRA, the base: the adapters are still zero)."""
+    path = t.preference.reference_model
+    reference = load_model(resolve(path)).to(device) if path else model
+    autocast = choose_autocast(t.dtype, device)
+    for data in datasets:
+        if data is not None:
+            data.attach_reference(reference, autocast=autocast)
 
 
 def use_compile(t: Any) -> bool:
@@ -173,7 +197,13 @@ def run_training(
         tokenizer_dir = shards.directory / shards.manifest["tokenizer"]["path"]
     _check_memory_first(config, device)
     model, tokenizer = _model_and_tokenizer(config, tokenizer_dir)
-    freeze(model, t.freeze_embeddings, t.freeze_layers)
+    if t.objective == "reward":
+        from genloop.train.reward_model import RewardModel
+
+        if t.lora is not None:
+            raise UserError("reward models train full weights (or frozen layers): drop the lora settings")
+        model = RewardModel(model)  # type: ignore[arg-type]
+    freeze(getattr(model, "backbone", model), t.freeze_embeddings, t.freeze_layers)
     lora_config = None
     if t.lora is not None:
         from genloop.model.lora import LoRAConfig, apply_lora
@@ -184,6 +214,8 @@ def run_training(
         checkpoint_activations(model)
     model.to(device)
     train_data, val_data = _data(config, tokenizer, rank, world)
+    if t.objective in ("dpo", "kto"):
+        _attach_reference(model, t, device, [train_data, val_data])
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     cfg = model.config  # type: ignore[union-attr]
@@ -197,9 +229,16 @@ def run_training(
     save_to = _saver(
         cfg, tokenizer, lora_config, {"run": str(run_dir), "config": config.model_dump(mode="json")}
     )
+    if t.objective in PREFERENCE_OBJECTIVES:
+        objective, rows = (
+            PREFERENCE_OBJECTIVES[t.objective](t.preference),
+            2,
+        )  # a pair or a KL row per example
+    else:
+        objective, rows = OBJECTIVES[t.objective], 1
     trainer = Trainer(
-        model, OBJECTIVES[t.objective], train_data, val_data, t, run_dir, save_to,
-        tokens_per_step=t.batch_size * t.grad_accum * config.data.seq_len, flops_per_token=flops,
+        model, objective, train_data, val_data, t, run_dir, save_to,
+        tokens_per_step=rows * t.batch_size * t.grad_accum * config.data.seq_len, flops_per_token=flops,
         peak_flops=peak, progress=progress,
     )  # fmt: skip
     if rank == 0:
@@ -221,6 +260,9 @@ def _saver(cfg: Any, tokenizer: Tokenizer | None, lora_config: Any, provenance: 
     """How a model is written: an ordinary model directory, or a PEFT-layout adapter for LoRA."""
 
     def save(model: nn.Module, folder: Path, state: dict[str, Tensor] | None) -> None:
+        if hasattr(model, "backbone"):  # a reward model: the decoder's directory plus the score head
+            model.save(folder, tokenizer, provenance)  # type: ignore[operator]
+            return
         if lora_config is not None:
             from genloop.checkpoint.adapter import save_adapter
 

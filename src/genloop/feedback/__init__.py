@@ -1,0 +1,1 @@
+"""The feedback loop: from users ' ratings to a better served model (export, train, gate, promote)."""
