@@ -134,9 +134,9 @@ class PreferenceConfig(Section):
 class TrainConfig(Section):
     """The trainer loop's knobs; objectives read the ones that apply to them."""
 
-    objective: Literal[
-        "causal_lm", "span_corruption", "sft", "classification", "dpo", "kto", "reward"
-    ] = "causal_lm"
+    objective: Literal["causal_lm", "span_corruption", "sft", "classification", "dpo", "kto", "reward"] = (
+        "causal_lm"
+    )
     learning_rate: float = Field(3e-4, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"

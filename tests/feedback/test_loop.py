@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def test_a_round_learns_the_hidden_preference_and_swaps_without_dropping_request
         assert served["version"] == "tiny-r1" and served["path"].endswith("tiny-r1")
         assert failures == [] and answered[0] > 5
         after = short_rate(base, held_prompts)
-    print(f"held-out greedy answers of at most 3 words: {before:.0%} before, {after:.0%} after the round")
+    figure = f"held-out greedy answers of at most 3 words: {before:.0%} before, {after:.0%} after"
+    sys.__stderr__.write(figure + "\n")  # the cli fixture captures stdout
     assert after > before, (before, after)
     meta = json.loads((home / "models" / "tiny-r1" / "genloop.json").read_text())
     assert meta["parent"] == "tiny" and meta["round"] == 1

@@ -60,6 +60,7 @@ def margins(model_dir: Path, trained: Path, rows: list[dict]) -> np.ndarray:
     return out[1] - out[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
 def test_dpo_learns_the_hidden_preference(cli, tmp_path, model_dir, loss):
     train = write(tmp_path / "train.jsonl", pairs(64, seed=1))
@@ -85,6 +86,7 @@ def test_dpo_with_lora_trains_an_adapter(cli, tmp_path, model_dir):
     assert (run / "model" / "adapter_config.json").is_file()
 
 
+@pytest.mark.slow
 def test_kto_pushes_liked_answers_up_and_disliked_down(cli, tmp_path, model_dir):
     rows = []
     for r in pairs(48, seed=2):
@@ -101,6 +103,7 @@ def test_kto_pushes_liked_answers_up_and_disliked_down(cli, tmp_path, model_dir)
     assert (gain > 0).mean() >= 0.9, gain
 
 
+@pytest.mark.slow
 def test_reward_model_scores_held_out_chosen_above_rejected(cli, tmp_path, model_dir):
     train = write(tmp_path / "train.jsonl", pairs(96, seed=3))
     run = tmp_path / "run"
@@ -146,3 +149,34 @@ def test_kto_labels_must_be_booleans(cli, tmp_path, model_dir):
     data = write(tmp_path / "bad.jsonl", [{"prompt": "hi", "completion": "a", "label": "yes"}])
     code, _, err = cli("kto", str(model_dir), "--data", str(data), "--steps", "2")
     assert code == 2 and "'label' must be true" in err
+
+
+def test_rows_may_carry_precomputed_reference_logps(model_dir):
+    tok = Tokenizer.load(model_dir)
+    rows = [{**r, "ref_chosen_logps": -1.5, "ref_rejected_logps": -20.0} for r in pairs(4, seed=5)]
+    data = PreferenceDataset(rows, tok, 128, 2, seed=0, rank=0, world_size=1)
+    batch = data.batch(0)
+    assert batch["ref_logps"].tolist() == [-1.5, -1.5, -20.0, -20.0]
+    with pytest.raises(Exception, match="give both ref_chosen_logps and ref_rejected_logps"):
+        PreferenceDataset([{**rows[0], "ref_rejected_logps": None}], tok, 128, 1, rank=0, world_size=1)
+
+
+def test_rl_can_take_its_reward_from_a_trained_reward_model(cli, tmp_path, model_dir):
+    train = write(tmp_path / "train.jsonl", pairs(16, seed=4))
+    code, _, err = cli(
+        "rm", str(model_dir), "--data", str(train), "--steps", "3", "--batch-size", "4", "--seq-len", "128",
+        "--run-dir", str(tmp_path / "rm"), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    rng = random.Random(6)
+    prompts = write(tmp_path / "prompts.jsonl", [{"prompt": sentence(rng, 4)} for _ in range(8)])
+    code, out, err = cli(
+        "rl", str(model_dir), "--prompts", str(prompts), "--reward-model", str(tmp_path / "rm" / "model"),
+        "--steps", "2", "--group-size", "2", "--prompts-per-step", "2", "--max-new-tokens", "6",
+        "--holdout", "2", "--run-dir", str(tmp_path / "rl"), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "held-out reward (2 prompts, greedy)" in out
+    rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in rows if "reward" in r]
+    assert rewards and all(np.isfinite(rewards)) and len(set(rewards)) > 0

@@ -74,12 +74,20 @@ class MetricsLog:
             xs, ys = series(key)
             ax.plot(xs, ys)
             ax.set_ylabel(label)
-        for ax in axes:
-            ax.set_xlabel("step")
-        fig.suptitle(title)
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(path)
-        return path
+        return save_step_figure(fig, axes, path, title)
+
+
+def save_step_figure(fig: Any, axes: Any, path: Path, title: str) -> Path:
+    """Label the x axes 'step', title the figure and write it atomically (a half-written PNG never
+    replaces the last good one)."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

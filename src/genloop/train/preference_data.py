@@ -11,7 +11,8 @@ A batch holds one sequence per row, right-padded (a causal model needs no mask f
 rows, whose log-probs give KTO its reference point. Reference log-probs are constant per sequence,
 so they are computed once before training (`attach_reference`) by a frozen model: a separate
 reference model, or the starting model itself, which is what "the base with LoRA disabled" is at
-step 0. Training then holds one model in memory and runs one forward per step, not two.
+step 0, unless the rows carry them (`ref_chosen_logps`, `ref_rejected_logps`, as TRL precomputes
+them). Training then holds one model in memory and runs one forward per step, not two.
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def sequence_logps(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     return -per_token.float().sum(dim=1)
 
 
+def _given_reference(record: Mapping[str, Any], where: str) -> tuple[float, float] | None:
+    """Precomputed reference log-probs in a row (TRL's `ref_chosen_logps`, `ref_rejected_logps`)."""
+    if "ref_chosen_logps" not in record and "ref_rejected_logps" not in record:
+        return None
+    try:
+        return float(record["ref_chosen_logps"]), float(record["ref_rejected_logps"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{where}: give both ref_chosen_logps and ref_rejected_logps as numbers, or neither"
+        ) from None
+
+
 class _RatedData(StepBatches):
     """Shared by both datasets: sequences by example, a seeded order per epoch, ranks dealt
     round-robin, reference log-probs once per sequence."""
@@ -139,24 +152,38 @@ class _RatedData(StepBatches):
 
     def _with_reference(self, batch: dict[str, Tensor], indices: np.ndarray) -> dict[str, Tensor]:
         if self.ref is not None:
-            batch["ref_logps"] = torch.from_numpy(self.ref[indices].T.reshape(-1).copy())
+            ref = self.ref[indices]
+            if np.isnan(ref).any():
+                raise UserError(
+                    "this batch reads examples whose reference log-probs were not computed (the run was "
+                    "set up for fewer steps); start the run again rather than extending it"
+                )
+            batch["ref_logps"] = torch.from_numpy(ref.T.reshape(-1).copy())
         return batch
 
     @torch.no_grad()
     def attach_reference(
-        self, model: nn.Module, batch_size: int = 8, autocast: torch.dtype | None = None
+        self,
+        model: nn.Module,
+        batch_size: int = 8,
+        autocast: torch.dtype | None = None,
+        steps: int | None = None,
     ) -> None:
-        """Log-probs of every sequence under the frozen `model` (eval mode), once."""
+        """Log-probs of the sequences under the frozen `model` (eval mode), once: of every example,
+        or only of those the first `steps` batches read (a short run over a big file)."""
+        n = self._count()
+        if steps is None or steps >= self.steps_per_epoch:
+            todo = np.arange(n)
+        else:
+            todo = np.unique(np.concatenate([self.indices(s) for s in range(steps)]))
+        ref = np.full((n, self.rows_per_example), np.nan)
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        n = self._count()
-        ref = np.zeros((n, self.rows_per_example), dtype=np.float64)
         try:
-            for lo in range(0, n, batch_size):
-                idx = np.arange(lo, min(n, lo + batch_size))
-                seqs = self.sequences(idx)
-                batch = {k: v.to(device) for k, v in collate(seqs, self.pad_id).items()}
+            for lo in range(0, len(todo), batch_size):
+                idx = todo[lo : lo + batch_size]
+                batch = {k: v.to(device) for k, v in collate(self.sequences(idx), self.pad_id).items()}
                 with torch.autocast(
                     device.type, dtype=autocast or torch.float32, enabled=autocast is not None
                 ):
@@ -186,6 +213,7 @@ class PreferenceDataset(_RatedData):
     ) -> None:
         super().__init__(tokenizer, seq_len, batch_size, seed, rank, world_size)
         self.pairs: list[tuple[Encoded, Encoded]] = []
+        given: list[tuple[float, float] | None] = []  # reference log-probs carried by the rows
         same: list[str] = []
         for where, record in read_records(source):
             _require(record, where, ("prompt", "chosen", "rejected"))
@@ -200,6 +228,7 @@ class PreferenceDataset(_RatedData):
                 self._skip("answers_cut_off_by_seq_len")
                 continue
             self.pairs.append((a, b))
+            given.append(_given_reference(record, where))
         if same:
             more = f" and {len(same) - 1} more" if len(same) > 1 else ""
             raise UserError(
@@ -207,6 +236,8 @@ class PreferenceDataset(_RatedData):
                 "remove such pairs (or fix how they were collected)"
             )
         self._finish(source, len(self.pairs), "preference pairs")
+        if given and all(g is not None for g in given):
+            self.ref = np.asarray(given, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -143,12 +143,17 @@ def _data(config: RunConfig, tokenizer: Tokenizer | None, rank: int, world: int)
 def _attach_reference(model: nn.Module, t: Any, device: torch.device, datasets: list[Any]) -> None:
     """DPO/KTO reference log-probs, once, before the first step: from `preference.reference_model`,
     or from the starting model itself (with LoRA, the base: the adapters are still zero)."""
+    pending = [d for d in datasets if d is not None and d.ref is None]  # rows may carry precomputed ones
+    if not pending:
+        return
     path = t.preference.reference_model
     reference = load_model(resolve(path)).to(device) if path else model
     autocast = choose_autocast(t.dtype, device)
-    for data in datasets:
-        if data is not None:
-            data.attach_reference(reference, autocast=autocast)
+    train, val = datasets
+    if train is not None and train.ref is None:
+        train.attach_reference(reference, autocast=autocast, steps=t.max_steps * t.grad_accum)
+    if val is not None and val.ref is None:
+        val.attach_reference(reference, autocast=autocast, steps=t.eval_batches)
 
 
 def use_compile(t: Any) -> bool:
