@@ -25,7 +25,7 @@ from torch import nn
 
 from genloop.errors import UserError
 from genloop.preprocess.tokenizer import Tokenizer
-from genloop.train.preference_data import PairEncoder, as_answer, collate, sequence_logps
+from genloop.train.preference_data import pair_batches, sequence_logps
 from genloop.train.sft_data import SFTDataset
 
 Row = Mapping[str, Any]
@@ -36,20 +36,9 @@ def answer_logps(
     model: nn.Module, tokenizer: Tokenizer, prompts: Sequence[object], answers: Sequence[object], seq_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-prob of each answer after its prompt, and its token count."""
-    encoder = PairEncoder(tokenizer, seq_len)
-    seqs = []
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        encoded = encoder.encode(f"held-out row {i}", prompt, as_answer(answer, prompt, f"row {i}", "answer"))
-        if encoded is None:
-            raise UserError(
-                f"held-out row {i}: no answer token fits in seq_len {seq_len}; raise train.seq_len"
-            )
-        seqs.append(encoded)
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     logps, tokens = [], []
-    for lo in range(0, len(seqs), 8):
-        part = seqs[lo : lo + 8]
-        logps.append(sequence_logps(model, collate(part, pad)).double().numpy())
+    for batch, part in pair_batches(tokenizer, prompts, answers, seq_len, "held-out row"):
+        logps.append(sequence_logps(model, batch).double().numpy())
         tokens.extend(len(ids) - start for ids, start in part)
     return np.concatenate(logps) if logps else np.zeros(0), np.asarray(tokens, dtype=np.float64)
 

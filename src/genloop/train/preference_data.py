@@ -17,7 +17,7 @@ them). Training then holds one model in memory and runs one forward per step, no
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,6 +79,32 @@ def collate(seqs: Sequence[Encoded], pad: int) -> dict[str, Tensor]:
     return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
 
 
+def pad_token(tokenizer: Tokenizer) -> int:
+    return next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+
+
+def pair_batches(
+    tokenizer: Tokenizer,
+    prompts: Sequence[object],
+    answers: Sequence[object],
+    seq_len: int,
+    what: str = "pair",
+    batch_size: int = 8,
+) -> Iterator[tuple[dict[str, Tensor], list[Encoded]]]:
+    """(prompt, answer) pairs outside a dataset (scoring, evaluation) as collated batches, in order."""
+    encoder = PairEncoder(tokenizer, seq_len)
+    seqs = []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        encoded = encoder.encode(f"{what} {i}", prompt, as_answer(answer, prompt, f"{what} {i}", "answer"))
+        if encoded is None:
+            raise UserError(f"{what} {i}: no answer token fits within seq_len {seq_len}; raise seq_len")
+        seqs.append(encoded)
+    pad = pad_token(tokenizer)
+    for lo in range(0, len(seqs), batch_size):
+        part = seqs[lo : lo + batch_size]
+        yield collate(part, pad), part
+
+
 def sequence_logps(model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
     """Sum of each row's answer-token log-probabilities [rows] (the quantity DPO and KTO compare)."""
     per_token = model(batch["input_ids"], labels=batch["labels"], reduction="none")
@@ -103,24 +129,31 @@ class _RatedData(StepBatches):
 
     _state_keys = ("seed", "seq_len", "batch_size")
     rows_per_example = 2
+    what = "examples"
 
     def __init__(
         self,
+        source: Records,
         tokenizer: Tokenizer,
         seq_len: int,
         batch_size: int,
-        seed: int,
-        rank: int | None,
-        world: int | None,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         if seq_len < 2 or batch_size < 1:
             raise UserError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len} and {batch_size}")
-        self.rank, self.world_size = resolve_position(rank, world)
+        self.rank, self.world_size = resolve_position(rank, world_size)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self.pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+        self.pad_id = pad_token(tokenizer)
         self.encoder = PairEncoder(tokenizer, seq_len)
         self.skipped: dict[str, int] = {}
         self.ref: np.ndarray | None = None  # [examples, rows_per_example] reference log-probs
+        self._load(source)
+        self._finish(source, len(self), self.what)
+
+    def _load(self, source: Records) -> None:
+        raise NotImplementedError
 
     def _finish(self, source: Records, count: int, what: str) -> None:
         if count == 0:
@@ -171,7 +204,7 @@ class _RatedData(StepBatches):
     ) -> None:
         """Log-probs of the sequences under the frozen `model` (eval mode), once: of every example,
         or only of those the first `steps` batches read (a short run over a big file)."""
-        n = self._count()
+        n = len(self)
         if steps is None or steps >= self.steps_per_epoch:
             todo = np.arange(n)
         else:
@@ -193,25 +226,14 @@ class _RatedData(StepBatches):
             model.train(was_training)
         self.ref = ref
 
-    def _count(self) -> int:
-        raise NotImplementedError
-
 
 class PreferenceDataset(_RatedData):
     """Pairs: batches of `input_ids`/`labels` `[2B, T]` (chosen rows, then rejected rows) and, once
     attached, `ref_logps` `[2B]`. `answer_tokens` [2B] counts each answer's tokens (IPO averages)."""
 
-    def __init__(
-        self,
-        source: Records,
-        tokenizer: Tokenizer,
-        seq_len: int,
-        batch_size: int,
-        seed: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        super().__init__(tokenizer, seq_len, batch_size, seed, rank, world_size)
+    what = "preference pairs"
+
+    def _load(self, source: Records) -> None:
         self.pairs: list[tuple[Encoded, Encoded]] = []
         given: list[tuple[float, float] | None] = []  # reference log-probs carried by the rows
         same: list[str] = []
@@ -235,14 +257,10 @@ class PreferenceDataset(_RatedData):
                 f"{same[0]}{more}: 'chosen' equals 'rejected', so the pair teaches nothing; "
                 "remove such pairs (or fix how they were collected)"
             )
-        self._finish(source, len(self.pairs), "preference pairs")
         if given and all(g is not None for g in given):
             self.ref = np.asarray(given, dtype=np.float64)
 
     def __len__(self) -> int:
-        return len(self.pairs)
-
-    def _count(self) -> int:
         return len(self.pairs)
 
     def sequences(self, indices: np.ndarray) -> list[Encoded]:
@@ -264,18 +282,10 @@ class KTODataset(_RatedData):
     partner (a seeded cycle through all examples), so the mismatched sequence, and its reference
     log-prob, belong to the example and can be computed once like the others."""
 
-    def __init__(
-        self,
-        source: Records,
-        tokenizer: Tokenizer,
-        seq_len: int,
-        batch_size: int,
-        seed: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        super().__init__(tokenizer, seq_len, batch_size, seed, rank, world_size)
-        if batch_size < 2:
+    what = "rated completions"
+
+    def _load(self, source: Records) -> None:
+        if self.batch_size < 2:
             raise UserError("KTO needs batch_size >= 2: its reference point pairs prompts with other answers")
         self.rows: list[tuple[Encoded, bool]] = []
         for where, record in read_records(source):
@@ -291,15 +301,11 @@ class KTODataset(_RatedData):
                 self._skip("completions_cut_off_by_seq_len")
                 continue
             self.rows.append((encoded, label))
-        self._finish(source, len(self.rows), "rated completions")
-        cycle = np.random.default_rng([seed, 1]).permutation(len(self.rows))
+        cycle = np.random.default_rng([self.seed, 1]).permutation(len(self.rows))
         self.partner = np.empty_like(cycle)
         self.partner[cycle] = np.roll(cycle, -1)
 
     def __len__(self) -> int:
-        return len(self.rows)
-
-    def _count(self) -> int:
         return len(self.rows)
 
     def _mismatched(self, i: int, j: int) -> Encoded:

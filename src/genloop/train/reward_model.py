@@ -84,18 +84,9 @@ def score_texts(
     seq_len: int = 1024,
 ) -> list[float]:
     """Scores of (prompt, answer) pairs, prompts as strings or message lists (like the training rows)."""
-    from genloop.train.preference_data import PairEncoder, as_answer, collate
+    from genloop.train.preference_data import pair_batches
 
-    encoder = PairEncoder(tokenizer, seq_len)
-    seqs = []
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        encoded = encoder.encode(f"pair {i}", prompt, as_answer(answer, prompt, f"pair {i}", "answer"))
-        if encoded is None:
-            raise UserError(f"pair {i}: the prompt leaves no room for the answer within {seq_len} tokens")
-        seqs.append(encoded)
-    pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     out: list[float] = []
-    for lo in range(0, len(seqs), 8):
-        batch = collate(seqs[lo : lo + 8], pad)
+    for batch, _ in pair_batches(tokenizer, prompts, answers, seq_len):
         out.extend(model(batch["input_ids"], batch["labels"]).tolist())
     return out
