@@ -249,7 +249,7 @@ def test_trans_de_en(recipe_cache: Path) -> None:
     back = next(recipe.examples(direction="de-en", format="messages"))
     assert back.record["messages"][0]["content"].startswith("Translate from German to English:\n\n")
     assert back.record["messages"][1]["content"] == first.record["prompt"].split("\n\n", 1)[1]
-    docs = list(recipe.documents())
+    docs = list(recipe.documents())  # the training split in both: held-out pairs are in neither
     assert len(docs) == -(-len(pairs) // 100) and docs[0].meta["pairs"] == 100
 
 

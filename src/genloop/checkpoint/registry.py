@@ -21,10 +21,12 @@ def list_models() -> list[str]:
 
 
 def resolve(name_or_path: str | Path) -> Path:
-    """A model directory for a path or a registered name; an unknown one lists what exists."""
+    """A model directory for a path or a registered name; an unknown one lists what exists. A training
+    checkpoint (runs/ID/checkpoints/step-N) or a run folder stands for the model directory inside it."""
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        return p
+        inner = p / "model"
+        return inner if not (p / "config.json").is_file() and (inner / "config.json").is_file() else p
     candidate = models_dir() / str(name_or_path)
     if "/" not in str(name_or_path) and (candidate / "config.json").is_file():
         return candidate

@@ -25,6 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from genloop.cli import (
         chat_cmd,
+        compare_cmd,
         config_cmd,
         data_cmd,
         eval_cmd,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         model_cmd,
         tokenizer_cmd,
         eval_cmd,
+        compare_cmd,
         config_cmd,
         feedback_cmd,
         loop_cmd,

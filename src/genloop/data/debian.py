@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from rich.console import Console
 
+from genloop.data import heldout
 from genloop.data.document import Document, Example
 from genloop.data.fetch import Fetched, ensure, run, status
 from genloop.errors import UserError
@@ -256,6 +257,7 @@ def translation_examples(root: Path, language: str, unit: str) -> Iterator[Examp
 # ---------------------------------------------------------------- trans-de-en (the Ding dictionary)
 
 TRANS_UNIT = "trans-de-en"
+TRANS_HELDOUT = 0.01  # share of sentence pairs held out for evaluation (the translation task)
 DING_FILE = "root/usr/share/trans/de-en"
 COPYRIGHT_FILE = "root/usr/share/doc/trans-de-en/copyright"
 _ANNOTATION = re.compile(r"\s*(\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>)")  # {n} [coll.] <variant spelling>
@@ -334,8 +336,11 @@ def trans_examples(fetched: Fetched, direction: str) -> Iterator[Example]:
         yield Example(record, TRANS_UNIT, origin, licence)
 
 
-def trans_documents(fetched: Fetched, direction: str, per_document: int = 100) -> Iterator[Document]:
-    """The same sentence pairs as bilingual text: `per_document` pairs a document, one pair a block."""
+def trans_documents(
+    fetched: Fetched, direction: str, per_document: int = 100, split: str = "all"
+) -> Iterator[Document]:
+    """The same sentence pairs as bilingual text: `per_document` pairs a document, one pair a block;
+    the pairs of `split` only (train leaves out those that evaluation holds out)."""
     version = fetched.packages.get("trans-de-en", "?")
     licence = copyright_licence(fetched.path / COPYRIGHT_FILE, "GPL-2+")
     src, dst = direction.split("-")
@@ -347,6 +352,8 @@ def trans_documents(fetched: Fetched, direction: str, per_document: int = 100) -
         return Document(text, TRANS_UNIT, origin, licence, {"pairs": len(block), "direction": direction})
 
     for item in ding_sentences(fetched.path / DING_FILE):
+        if not heldout.wanted(heldout.text_pair_key(item[1], item[2]), TRANS_HELDOUT, split):
+            continue
         block.append(item)
         if len(block) == per_document:
             yield emit()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genloop.data import debian, packaged
+from genloop.data import heldout as held
 from genloop.data.document import Document, Example
 from genloop.data.fetch import Fetched
 from genloop.errors import UserError
@@ -55,6 +56,9 @@ def _show(value: Any) -> str:
 
 LIMIT = Option("limit", None, None, "stop after this many documents or examples; null for all")
 FORMAT = Option("format", "prompt", ("prompt", "messages"), "{prompt, completion} or {messages}")
+SPLIT = Option(
+    "split", "train", held.SPLITS, "train leaves out the items evaluation holds out; heldout is only those"
+)
 
 TextReader = Callable[[Fetched, dict[str, Any]], Iterator[Document]]
 ExampleReader = Callable[[Fetched, dict[str, Any]], Iterator[Example]]
@@ -74,6 +78,8 @@ class Recipe:
     text_reader: TextReader | None = field(default=None, repr=False)
     example_reader: ExampleReader | None = field(default=None, repr=False)
     revision: int = 1  # bump when reading changes what the same fetched files yield
+    heldout: float = 0.0  # share of items held out for evaluation (genloop.data.heldout); 0 = none
+    heldout_key: Callable[[Document | Example], str | None] = field(default=held.origin_key, repr=False)
 
     def documents(self, progress: bool = False, **options: Any) -> Iterator[Document]:
         """Stream the recipe's text; fetches on first use. Options are checked before anything runs."""
@@ -83,7 +89,8 @@ class Recipe:
                 f"or pick a text recipe ({', '.join(n for n, r in RECIPES.items() if r.has_text)})"
             )
         opts = self.resolve(options)
-        return itertools.islice(self.text_reader(self.fetcher(progress), opts), opts["limit"])
+        stream = self._split(self.text_reader(self.fetcher(progress), opts), opts)
+        return itertools.islice(stream, opts["limit"])
 
     def examples(self, progress: bool = False, **options: Any) -> Iterator[Example]:
         """Stream the recipe's SFT records; fetches on first use."""
@@ -93,7 +100,7 @@ class Recipe:
                 f"an example recipe ({', '.join(n for n, r in RECIPES.items() if r.has_examples)})"
             )
         opts = self.resolve(options)
-        stream = self.example_reader(self.fetcher(progress), opts)
+        stream = self._split(self.example_reader(self.fetcher(progress), opts), opts)
         if opts.get("format") == "messages":
             stream = map(_as_messages, stream)
         return itertools.islice(stream, opts["limit"])
@@ -109,9 +116,15 @@ class Recipe:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+    def _split(self, items: Iterator[Any], opts: Mapping[str, Any]) -> Iterator[Any]:
+        """Training reads leave the held-out items out; evaluation reads only them."""
+        split = opts.get("split", "all")
+
+        return (item for item in items if held.wanted(self.heldout_key(item), self.heldout, split))
+
     def resolve(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """All options with defaults filled in; an unknown name or a bad value is a UserError."""
-        known = {o.name: o for o in (LIMIT, *self.options)}
+        known = {o.name: o for o in (LIMIT, *self.options, *((SPLIT,) if self.heldout else ()))}
         for name in options:
             if name not in known:
                 near = difflib.get_close_matches(name, known, n=1)
@@ -160,6 +173,7 @@ RECIPES: dict[str, Recipe] = {
             options=(Option("synopsis", True, (True, False), "start each text with the one-line synopsis"),),
             fetcher=debian.lists,
             text_reader=lambda f, o: debian.description_documents(f.path, o["synopsis"]),
+            heldout=0.01,
         ),
         Recipe(
             "debian-summaries",
@@ -170,6 +184,7 @@ RECIPES: dict[str, Recipe] = {
             options=(FORMAT,),
             fetcher=debian.lists,
             example_reader=lambda f, o: debian.summary_examples(f.path),
+            heldout=0.01,
         ),
         Recipe(
             "ddtp-translations",
@@ -193,8 +208,10 @@ RECIPES: dict[str, Recipe] = {
             has_examples=True,
             options=(Option("direction", "en-de", ("en-de", "de-en"), "source-target language"), FORMAT),
             fetcher=debian.trans,
-            text_reader=lambda f, o: debian.trans_documents(f, o["direction"]),
+            text_reader=lambda f, o: debian.trans_documents(f, o["direction"], split=o["split"]),
             example_reader=lambda f, o: debian.trans_examples(f, o["direction"]),
+            heldout=debian.TRANS_HELDOUT,
+            heldout_key=held.pair_key,
         ),
         Recipe(
             "shakespeare",
@@ -225,6 +242,7 @@ RECIPES: dict[str, Recipe] = {
             fetcher=packaged.chitchat,
             text_reader=lambda f, o: packaged.chitchat_documents(f),
             example_reader=lambda f, o: packaged.chitchat_examples(f),
+            heldout=0.03,
         ),
     )
 }

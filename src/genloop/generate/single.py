@@ -27,7 +27,15 @@ class SingleRequestPaths:
     def _accept(self, seq: Seq, token: int, logprob: float | None, top: Any) -> None:
         raise NotImplementedError
 
-    def _emit(self, seq: Seq, text: str, tokens: list[int], logprob: float | None, top: Any) -> None:
+    def _emit(
+        self,
+        seq: Seq,
+        text: str,
+        tokens: list[int],
+        logprob: float | None,
+        top: Any,
+        stop_token: int | None = None,
+    ) -> None:
         raise NotImplementedError
 
     def _beam_search(self, request: Request) -> None:

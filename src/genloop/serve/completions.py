@@ -16,6 +16,7 @@ from typing import Any
 
 from genloop.generate import Engine, SamplingParams
 from genloop.generate.request import Delta, Request
+from genloop.generate.scoring import PromptScores
 from genloop.serve.errors import APIError
 
 
@@ -117,8 +118,8 @@ def _token_entry(engine: Engine, token: int, logprob: float) -> dict[str, Any]:
 
 
 def chat_logprobs(engine: Engine, delta: Delta) -> dict[str, Any] | None:
-    """OpenAI's chat `logprobs.content` entries for the tokens of one delta."""
-    if delta.logprobs is None:
+    """OpenAI's chat `logprobs.content` entries for the tokens of one delta (the stop token is not one)."""
+    if delta.logprobs is None or not delta.token_ids:
         return None
     content = []
     for i, (token, lp) in enumerate(zip(delta.token_ids, delta.logprobs, strict=False)):
@@ -139,6 +140,9 @@ def completion_logprobs(engine: Engine, delta: Delta, offset: int) -> dict[str, 
         tokens.append(text)
         offsets.append(offset)
         offset += len(text)
+    if delta.stop_token_id is not None:  # the stop token: listed, adds no text
+        tokens.append(engine.tokenizer.decode([delta.stop_token_id], skip_special_tokens=False))
+        offsets.append(offset)
     tops = None
     if delta.top_logprobs:
         tops = [{engine.tokenizer.decode([t]): p for t, p in row} for row in delta.top_logprobs]
@@ -146,6 +150,24 @@ def completion_logprobs(engine: Engine, delta: Delta, offset: int) -> dict[str, 
         "tokens": tokens,
         "token_logprobs": list(delta.logprobs),
         "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def echoed_logprobs(engine: Engine, ids: list[int], scores: PromptScores) -> dict[str, Any]:
+    """The legacy logprobs object of an echoed prompt: its first token has no log-prob (no context)."""
+    tokens, offsets, offset = [], [], 0
+    for token in ids:
+        text = engine.tokenizer.decode([token], skip_special_tokens=False)
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+    rows = scores.top_logprobs
+    tops = [None if r is None else {engine.tokenizer.decode([t]): p for t, p in r} for r in rows]
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(scores.token_logprobs),
+        "top_logprobs": tops if any(rows[1:]) else None,  # logprobs=0: chosen tokens only
         "text_offset": offsets,
     }
 

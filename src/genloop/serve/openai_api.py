@@ -15,7 +15,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from genloop.generate.request import Delta
-from genloop.serve.completions import Choice, Run, chat_logprobs, completion_logprobs, merge_logprobs, new_id
+from genloop.generate.scoring import prompt_logprobs
+from genloop.serve.completions import (
+    Choice,
+    Run,
+    chat_logprobs,
+    completion_logprobs,
+    echoed_logprobs,
+    merge_logprobs,
+    new_id,
+)
 from genloop.serve.errors import APIError, validation_error
 from genloop.serve.recording import Recording
 from genloop.serve.schemas import (
@@ -238,10 +247,12 @@ async def completions(request: Request) -> Any:
     state.check_model(body.model)
     prompts = [_encode(state, p, chat=False) for p in body.prompts()]
     params = body.engine_params()
+    scored = await _prompt_logprobs(state, prompts, body.logprobs) if body.echo else None
     run = _start(state, prompts, params, None)
     cid, created = new_id("cmpl"), int(time.time())
     texts = [p if isinstance(p, str) else state.engine.tokenizer.decode(p) for p in body.prompts()]
     echo = [texts[i // params.n] if body.echo else "" for i in range(len(run.choices))]
+    echo_logprobs = [scored[i // params.n] if scored else None for i in range(len(run.choices))]
     offsets = [len(e) for e in echo]
 
     def logprobs_of(delta: Delta, choice: Choice) -> Any:
@@ -269,9 +280,13 @@ async def completions(request: Request) -> Any:
             try:
                 for i, text in enumerate(echo):
                     if text:
-                        yield _sse(
-                            chunk([{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
-                        )
+                        echoed = {
+                            "index": i,
+                            "text": text,
+                            "logprobs": echo_logprobs[i],
+                            "finish_reason": None,
+                        }
+                        yield _sse(chunk([echoed]))
                 async for index, delta in run.deltas(_observe(state, run)):
                     lp = logprobs_of(delta, run.choices[index])
                     yield _sse(
@@ -300,6 +315,9 @@ async def completions(request: Request) -> Any:
         logprobs = await _collect(request, state, run, logprobs_of)
     finally:
         _finish(state, run, None)
+    logprobs = [
+        merge_logprobs(merge_logprobs(None, e), lp) for e, lp in zip(echo_logprobs, logprobs, strict=True)
+    ]
     choices = [
         {"index": i, "text": echo[i] + c.text, "logprobs": logprobs[i], "finish_reason": c.finish_reason}
         for i, c in enumerate(run.choices)
@@ -313,6 +331,19 @@ async def completions(request: Request) -> Any:
         "choices": choices,
         "usage": run.usage(),
     }
+
+
+async def _prompt_logprobs(
+    state: ServerState, prompts: list[list[int]], top: int | None
+) -> list[dict[str, Any] | None] | None:
+    """The echoed prompts' own logprobs objects when logprobs were asked for (None otherwise)."""
+    if top is None:
+        return None
+    try:
+        scores = await asyncio.to_thread(prompt_logprobs, state.engine, prompts, top)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="echo") from exc
+    return [echoed_logprobs(state.engine, ids, s) for ids, s in zip(prompts, scores, strict=True)]
 
 
 @router.get("/v1/models")
@@ -393,6 +424,25 @@ async def detokenize(request: Request) -> Any:
             param="tokens",
         )
     return {"prompt": state.engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request) -> Any:
+    """The tokenizer's special tokens and chat template, as vLLM serves them: harnesses such as lm-eval
+    (`tokenizer_backend=remote`) tokenize through this server instead of fetching a tokenizer."""
+    state = ServerState.ready(request)
+    tok = state.engine.tokenizer
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tok.bos_token,
+        "eos_token": tok.eos_token,
+        "pad_token": tok.pad_token,
+        "unk_token": tok.unk_token,
+        "add_bos_token": tok.add_bos_token,
+        "chat_template": tok.chat_template or None,
+        "model_max_length": state.max_len,
+        "vocab_size": tok.vocab_size,
+    }
 
 
 @router.get("/health")

@@ -169,19 +169,25 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | Annotated[list[str], Field(min_length=1)] | Annotated[list[int], Field(min_length=1)]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[Annotated[list[int], Field(min_length=1)]], Field(min_length=1)]
+    )
     max_tokens: Annotated[int, Field(ge=1, le=10_000_000)] | None = 16  # OpenAI's default here
     logprobs: Annotated[int, Field(ge=0, le=5)] | None = None
     echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _not_empty(cls, value: str | list[str] | list[int]) -> str | list[str] | list[int]:
+    def _not_empty(cls, value: Any) -> Any:
         if value == "" or (isinstance(value, list) and any(v == "" for v in value)):
             raise ValueError("the prompt is empty: give at least one character of text")
         return value
 
     def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text, or token ids (a flat list is one prompt, a list of lists many)."""
         if isinstance(self.prompt, str):
             return [self.prompt]
         if all(isinstance(p, int) for p in self.prompt):

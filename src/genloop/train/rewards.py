@@ -10,22 +10,15 @@ that needs a field of the prompt row (`answer`, `tests`) says so in `required_fi
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import secrets
-import signal
-import subprocess
-import sys
-import tempfile
-import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
 from genloop.errors import UserError
+from genloop.sandbox import run_tests
 
 BatchScorer = Callable[[list[str], list[str]], list[float]]
 """(prompts, completions) -> one score each: the shape of a reward model's scoring function."""
@@ -147,46 +140,6 @@ class RegexMatch(Reward):
 
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
-# Runs inside the child: limits first (CPU, memory, file size, processes), then as user `nobody` when
-# started as root, no sockets, then the solution and each test in one namespace. The report line
-# carries a nonce from stdin so printed text cannot pose as it. A guard against accidents and cheap
-# tricks, not a jail (no namespaces): use a container for code you would not run yourself.
-_RUNNER = textwrap.dedent(
-    """
-    import json, os, resource, socket, sys
-    def _no_network(*args, **kwargs):
-        raise OSError("network access is disabled in reward tests")
-    def main():
-        payload = json.loads(sys.stdin.read())
-        cpu, memory, nonce = payload.pop("cpu"), payload.pop("memory"), payload.pop("nonce")
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NPROC, (16, 16))
-        if os.geteuid() == 0:  # never run generated code as root: become nobody
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-        socket.socket = socket.create_connection = socket.getaddrinfo = _no_network
-        scope = {"__name__": "__main__"}
-        passed = 0
-        try:
-            exec(compile(payload["solution"], "solution.py", "exec"), scope)
-            for i, test in enumerate(payload["tests"]):
-                try:
-                    exec(compile(test, f"test_{i}.py", "exec"), scope)
-                    passed += 1
-                except BaseException:
-                    pass
-        except BaseException:
-            pass
-        sys.stdout.write("\\n" + json.dumps({"nonce": nonce, "passed": passed}) + "\\n")
-        sys.stdout.flush()
-    main()
-    """
-)
-
 
 def extract_code(completion: str) -> str:
     """The code of a completion: its first ```python fenced block, or the whole text when unfenced."""
@@ -198,10 +151,10 @@ class UnitTests(Reward):
     """The share of the row's tests that pass against the completion's code (1.0 = all pass).
 
     `tests` is a string of Python (one test: asserts that must all hold) or a list of strings (each a
-    test). The code runs in a fresh `python -I` subprocess in a scratch directory with an empty
-    environment, a wall-clock `timeout`, CPU-time and address-space limits (`memory_mb`), a file-size
-    limit and no sockets; a crash, a timeout or an out-of-memory is simply 0 for the tests not yet
-    passed. Completions are checked `workers` at a time.
+    test). The code runs in `genloop.sandbox`: a fresh `python -I` subprocess in a scratch directory
+    with a wall-clock `timeout`, CPU-time and address-space limits (`memory_mb`), a file-size limit and
+    no network; a crash, a timeout or an out-of-memory is simply 0 for the tests not yet passed.
+    Completions are checked `workers` at a time.
     """
 
     name = "unit_tests"
@@ -228,45 +181,6 @@ class UnitTests(Reward):
             triples = zip(prompts, completions, rows, strict=True)
             jobs = [pool.submit(self, p, c, **fields(r)) for p, c, r in triples]
             return [j.result() for j in jobs]
-
-
-def run_tests(solution: str, tests: Sequence[str], timeout: float = 5.0, memory_mb: int = 512) -> int:
-    """How many of `tests` pass after running `solution`, in a contained subprocess (see UnitTests).
-
-    Output goes to a file capped at 1 MiB (a child that prints forever is killed by the file-size
-    limit) rather than a pipe this process would have to hold in memory.
-    """
-    nonce = secrets.token_hex(16)
-    payload = {"solution": solution, "tests": list(tests), "nonce": nonce}
-    payload |= {"cpu": math.ceil(timeout) + 1, "memory": memory_mb << 20}
-    with tempfile.TemporaryDirectory(prefix="genloop-reward-") as scratch:
-        work, report = Path(scratch) / "work", Path(scratch) / "stdout"
-        work.mkdir()
-        os.chmod(scratch, 0o711)  # `nobody` may enter to reach its working directory, not list it
-        os.chmod(work, 0o777)
-        with report.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _RUNNER],
-                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL, cwd=work,
-                env={"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work)},
-                start_new_session=True,
-            )  # fmt: skip
-            try:
-                proc.communicate(json.dumps(payload).encode(), timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: children it forked too
-                    proc.wait()
-        lines = report.read_bytes()[-4096:].decode("utf-8", "replace").strip().splitlines()
-    try:
-        found = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        return 0
-    if not isinstance(found, dict) or found.get("nonce") != nonce:
-        return 0  # died before reporting, or something else wrote the last line
-    return max(0, min(len(tests), int(found.get("passed", 0))))
 
 
 class CallableReward(Reward):
