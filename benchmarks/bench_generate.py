@@ -8,6 +8,11 @@ aggregate tok/s at 1, 8 and 32 concurrent requests (through the scheduler for ge
 batch for transformers) and peak RSS; prints ratios against transformers fp32 and writes
 benchmarks/results/generate.json. Each configuration runs in its own fresh process, so that one's
 threads, allocator state and peak RSS never leak into another's figures.
+
+    .venv/bin/python benchmarks/bench_generate.py --postprocess [--dtypes int4]
+
+measures the cost of the default postprocess pipeline (formatting and PII redaction applied to every
+streamed piece): the same figures with it off and on, alternating processes, and their ratio.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import transformers
 
 from genloop.checkpoint.pull import pull
 from genloop.generate import Engine, SamplingParams
+from genloop.postprocess import load_postprocess
 
 RESULTS = Path(__file__).parent / "results" / "generate.json"
 LLAMA_CPP_Q4_1 = 97.0  # tok/s, batch-1 decode, measured here with llama-cpp-python (issue 4)
@@ -42,9 +48,17 @@ def _prompt_ids(engine: Engine, n: int) -> list[int]:
 
 
 def bench_engine(
-    path: Path, dtype: str, repeats: int, concurrency: list[int], new_tokens: int
+    path: Path, dtype: str, repeats: int, concurrency: list[int], new_tokens: int, post: bool = False
 ) -> dict[str, Any]:
-    engine = Engine(path, dtype=dtype, max_batch=max(concurrency), max_seq_len=1024, prefix_cache_tokens=0)
+    pipeline = load_postprocess(None) if post else None
+    engine = Engine(
+        path,
+        dtype=dtype,
+        max_batch=max(concurrency),
+        max_seq_len=1024,
+        prefix_cache_tokens=0,
+        postprocess=pipeline,
+    )
     chat = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
     greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     engine.generate(chat, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
@@ -153,7 +167,8 @@ def _run_one(name: str, repeats: int, concurrency: list[int], new_tokens: int) -
     if name == "transformers_float32":
         result = bench_transformers(path, repeats, concurrency, new_tokens)
     else:
-        result = bench_engine(path, name.removeprefix("genloop_"), repeats, concurrency, new_tokens)
+        dtype, _, post = name.removeprefix("genloop_").partition("+")
+        result = bench_engine(path, dtype, repeats, concurrency, new_tokens, post=post == "post")
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -164,6 +179,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="repetitions per figure (median)")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens per batch-1 decode measurement")
     ap.add_argument("--quick", action="store_true", help="1 repeat, concurrency 1 and 8 only")
+    ap.add_argument(
+        "--postprocess", action="store_true", help="the default postprocess pipeline off vs on (first dtype)"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration, print JSON
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
@@ -172,6 +190,9 @@ def main() -> None:
         print(json.dumps(_run_one(args.one, repeats, concurrency, args.new_tokens)))
         return
     pull(progress=False)
+    if args.postprocess:
+        postprocess_overhead(args.dtypes.split(",")[0], repeats, args.new_tokens, args.quick)
+        return
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "model": "smollm2-135m-instruct"}
     for name in ["transformers_float32", *(f"genloop_{d}" for d in args.dtypes.split(","))]:
         argv = [sys.executable, __file__, "--one", name, "--repeats", str(repeats)]
@@ -211,6 +232,46 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")
+
+
+def _measure(name: str, repeats: int, new_tokens: int, quick: bool) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--one", name, "--repeats", str(repeats)]
+    argv += ["--new-tokens", str(new_tokens)] + (["--quick"] if quick else [])
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def postprocess_overhead(dtype: str, rounds: int, new_tokens: int, quick: bool) -> None:
+    """Pipeline off and on in alternating fresh processes (`rounds` each); medians and their ratio."""
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for _ in range(rounds):
+        runs["off"].append(_measure(f"genloop_{dtype}", 1, new_tokens, quick))
+        runs["on"].append(_measure(f"genloop_{dtype}+post", 1, new_tokens, quick))
+    figures = {}
+    for key in ("off", "on"):
+        figures[key] = {
+            "decode_tok_s": statistics.median(r["decode_tok_s"] for r in runs[key]),
+            "concurrent_tok_s": {
+                c: statistics.median(r["concurrent_tok_s"][c] for r in runs[key])
+                for c in runs[key][0]["concurrent_tok_s"]
+            },
+        }
+    off, on = figures["off"], figures["on"]
+    print(f"SmolLM2-135M-Instruct {dtype}, default postprocess pipeline, median of {rounds} processes each")
+    print(f"{'':<6}{'decode':>9}" + "".join(f"{'x' + c:>9}" for c in off["concurrent_tok_s"]) + "   (tok/s)")
+    for key, fig in figures.items():
+        print(
+            f"{key:<6}{fig['decode_tok_s']:>9.1f}"
+            + "".join(f"{v:>9.1f}" for v in fig["concurrent_tok_s"].values())
+        )
+    ratios = {"decode": on["decode_tok_s"] / off["decode_tok_s"]}
+    ratios |= {f"x{c}": on["concurrent_tok_s"][c] / v for c, v in off["concurrent_tok_s"].items()}
+    print("on/off " + "  ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    out = RESULTS.with_name("generate_postprocess.json")
+    out.write_text(
+        json.dumps({"dtype": dtype, "off": off, "on": on, "ratio_on_off": ratios}, indent=2) + "\n"
+    )
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

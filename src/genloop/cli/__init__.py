@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         data_cmd,
         eval_cmd,
         feedback_cmd,
+        filter_cmd,
         loop_cmd,
         model_cmd,
         models_cmd,
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         compare_cmd,
         config_cmd,
         feedback_cmd,
+        filter_cmd,
         loop_cmd,
     ):
         module.register(sub)

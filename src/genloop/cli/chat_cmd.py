@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("prompt", metavar="PROMPT", help="the prompt text; '-' reads standard input")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     g.add_argument("--system", default=None, help="system prompt (with --chat)")
+    _postprocess_flag(g, "off")
     g.set_defaults(handler=_generate)
 
     c = sub.add_parser(
@@ -80,7 +81,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _sampling_flags(c)
     c.add_argument("message", nargs="?", default=None, help="answer this one message and exit")
     c.add_argument("--system", default=None, help="system prompt (default: the chat template's own, if any)")
+    _postprocess_flag(c, "default")
     c.set_defaults(handler=_chat)
+
+
+def _postprocess_flag(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--postprocess",
+        default=default,
+        metavar="default|off|FILE",
+        help="formatting, filters and PII redaction of the answer: the default pipeline, none, or a "
+        f"YAML file with a `postprocess:` section like `genloop serve --config` takes (default {default})",
+    )
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -109,8 +121,11 @@ def _engine(args: argparse.Namespace) -> Any:
             f"{path} has no tokenizer.json, so it cannot generate text; bundle one with "
             "`genloop model init ... --tokenizer DIR` or import a model that has one"
         )
+    from genloop.postprocess.loading import pipeline_from
+
+    pipeline = pipeline_from(args.postprocess)
     try:
-        return Engine(path, dtype=args.dtype, max_batch=4)
+        return Engine(path, dtype=args.dtype, max_batch=4, postprocess=pipeline)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     e.add_argument("--since", default=None, metavar="WHEN", help=f"only feedback given since {SINCE_FORMS}")
     e.add_argument("--out", default=None, metavar="FILE", help="output .jsonl file (default: stdout)")
     e.add_argument("--db", default=None, metavar="URL", help=db_help)
+    e.add_argument(
+        "--include-filtered",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="kto only, on by default: also write every answer a filter blocked or masked (since --since) "
+        "as an undesirable example (label false), rated or not. In every format a filtered answer is "
+        "never a good example, even upvoted (kto labels it false)",
+    )
     e.set_defaults(handler=_export)
 
     ls = cmds.add_parser("list", help="recent feedback as a table", description="Show the newest feedback.")
@@ -98,7 +106,7 @@ def _export(args: argparse.Namespace) -> int:
     if out is not None and out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name such as {out / 'feedback.jsonl'}")
     with open_store(args.db) as store:
-        rows = store.export(args.fmt, since)
+        rows = store.export(args.fmt, since, include_filtered=args.include_filtered)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if out is None:
         sys.stdout.write(text)

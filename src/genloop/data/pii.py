@@ -33,12 +33,16 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from genloop.errors import UserError
 
 PII_KINDS: tuple[str, ...] = ("secret", "email", "iban", "credit_card", "ip", "phone")
 """Every kind `scrub` knows, in the order it applies them: secrets first (a key may contain an `@`
 or digits), e-mail before IP and phone (a domain may hold digits), IBAN and cards before phone."""
+
+Span = tuple[int, int]
 
 PLACEHOLDERS: dict[str, str] = {
     "email": "<EMAIL>",
@@ -146,11 +150,11 @@ _PLACEHOLDER_HINTS = ("xxx", "***", "...", "your", "example", "placeholder", "ch
 
 
 # ---------------------------------------------------------------------------------------------------
-# Replacers: each returns the replacement for one match (the match itself when it is not PII)
+# Replacers: each returns the span of one match to replace (None when it is not PII)
 
 
-def _email(m: re.Match[str]) -> str | None:
-    return PLACEHOLDERS["email"]
+def _email(m: re.Match[str]) -> Span | None:
+    return m.span()
 
 
 # Addresses that identify nobody: documentation examples (RFC 5737, RFC 3849), "this network";
@@ -167,7 +171,7 @@ def _personal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not any(address.version == net.version and address in net for net in _NOT_PERSONAL)
 
 
-def _ipv4(m: re.Match[str]) -> str | None:
+def _ipv4(m: re.Match[str]) -> Span | None:
     text = m.group(0)
     octets = text.split(".")
     numbers = [int(o) for o in octets]
@@ -175,10 +179,10 @@ def _ipv4(m: re.Match[str]) -> str | None:
         return None
     if octets[0] == "255":  # a netmask (255.255.255.0), not a host
         return None
-    return PLACEHOLDERS["ip"] if _personal(ipaddress.IPv4Address(text)) else None
+    return m.span() if _personal(ipaddress.IPv4Address(text)) else None
 
 
-def _ipv6(m: re.Match[str]) -> str | None:
+def _ipv6(m: re.Match[str]) -> Span | None:
     text = m.group(0)
     # Addresses in use start with a full group (2001:, 2a02:, fe80:, fd12:) or are IPv4-mapped
     # (::ffff:1.2.3.4); this keeps C++ `F1::F2`, `B<int>::c` and lists like 2:4:6:8:10:12:14:16 out.
@@ -189,25 +193,25 @@ def _ipv6(m: re.Match[str]) -> str | None:
     except ValueError:
         return None  # times (12:30:45), MAC addresses, ratios
     mapped = address.ipv4_mapped  # ::ffff:a.b.c.d is whoever a.b.c.d is
-    return PLACEHOLDERS["ip"] if _personal(mapped or address) else None
+    return m.span() if _personal(mapped or address) else None
 
 
-def _card(m: re.Match[str]) -> str | None:
+def _card(m: re.Match[str]) -> Span | None:
     digits = re.sub(r"\D", "", m.group(0))
     if digits[0] not in "23456" or not luhn_valid(digits):
         return None
     if digits[0] == "2" and not 2221 <= int(digits[:4]) <= 2720:  # Mastercard's 2-series
         return None
-    return PLACEHOLDERS["credit_card"]
+    return m.span()
 
 
-def _iban(m: re.Match[str]) -> str | None:
+def _iban(m: re.Match[str]) -> Span | None:
     """A printed IBAN may be followed by a capitalized word in groups-of-four shape; when the whole
     match fails mod-97, shorter prefixes ending on a group are tried before giving up."""
     text = m.group(0)
     while True:
         if iban_valid(text):
-            return PLACEHOLDERS["iban"] + m.group(0)[len(text) :]
+            return m.start(), m.start() + len(text)
         cut = text.rfind(" ")
         if cut < 0:
             return None
@@ -218,7 +222,7 @@ _ZIP4 = re.compile(r"\d{5}-\d{4}")
 _DECIMAL = re.compile(r"\+\d+\.\d+")
 
 
-def _phone(m: re.Match[str]) -> str | None:
+def _phone(m: re.Match[str]) -> Span | None:
     text = m.group(0)
     if _ZIP4.fullmatch(text) or _DECIMAL.fullmatch(text):  # US ZIP+4 (02110-1301), +35236450.6
         return None
@@ -237,21 +241,21 @@ def _phone(m: re.Match[str]) -> str | None:
         ok = 9 <= digits <= 12 and (pairs or any(len(g) >= 4 for g in groups[1:]))
     else:
         ok = digits in (10, 11)
-    return PLACEHOLDERS["phone"] if ok else None
+    return m.span() if ok else None
 
 
-def _secret_token(m: re.Match[str]) -> str | None:
+def _secret_token(m: re.Match[str]) -> Span | None:
     token = m.group(0)
     if token.startswith("sk-") and not (any(c.isdigit() for c in token) and shannon_entropy(token) >= 3.5):
         return None  # hyphenated words after "sk-" are not keys; real keys are random base62
-    return PLACEHOLDERS["secret"]
+    return m.span()
 
 
-def _pem(m: re.Match[str]) -> str | None:
-    return PLACEHOLDERS["secret"]
+def _pem(m: re.Match[str]) -> Span | None:
+    return m.span()
 
 
-def _secret_value(m: re.Match[str], is_password: bool) -> str | None:
+def _secret_value(m: re.Match[str], is_password: bool) -> Span | None:
     """Replace group 1 when it looks like a real credential, not a word, a reference or a template."""
     value = m.group(1)
     lowered = value.lower()
@@ -271,10 +275,10 @@ def _secret_value(m: re.Match[str], is_password: bool) -> str | None:
     ) + (not value.isalnum())
     if classes < 2 or shannon_entropy(value) < (2.5 if is_password else 3.0):
         return None
-    return m.group(0)[: m.start(1) - m.start()] + PLACEHOLDERS["secret"]
+    return m.span(1)
 
 
-def _assignment(m: re.Match[str]) -> str | None:
+def _assignment(m: re.Match[str]) -> Span | None:
     """`api_key=...`, `token: ...`, `"password": "..."`: only the value goes, the name stays."""
     name = _SECRET_NAME.search(m.string, max(0, m.start() - 48), m.start())
     if name is None:
@@ -282,11 +286,11 @@ def _assignment(m: re.Match[str]) -> str | None:
     return _secret_value(m, is_password=re.search(r"(?i)pass|pwd", name.group(0)) is not None)
 
 
-def _bearer(m: re.Match[str]) -> str | None:
+def _bearer(m: re.Match[str]) -> Span | None:
     return _secret_value(m, is_password=False)
 
 
-Replacer = Callable[[re.Match[str]], str | None]
+Replacer = Callable[[re.Match[str]], "Span | None"]
 
 _RULES: dict[str, tuple[tuple[re.Pattern[str], Replacer, Callable[[str], bool]], ...]] = {
     "secret": (
@@ -317,24 +321,92 @@ def check_kinds(kinds: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(k for k in PII_KINDS if k in wanted)
 
 
-def scrub(text: str, kinds: Iterable[str] | None = None) -> tuple[str, dict[str, int]]:
-    """Replace PII with typed placeholders; returns the new text and the replacements per kind (every
-    requested kind is a key, with 0 when nothing was found). Text that is not PII is left byte-for-byte."""
-    counts: dict[str, int] = {}
+@dataclass(frozen=True)
+class PiiMatch:
+    """One piece of PII found: `text[start:end]` (in the text given) is replaced by `placeholder`."""
+
+    start: int
+    end: int
+    kind: str
+
+    @property
+    def placeholder(self) -> str:
+        return PLACEHOLDERS[self.kind]
+
+
+def redact(text: str, kinds: Iterable[str] | None = None) -> tuple[str, list[PiiMatch]]:
+    """Replace PII with typed placeholders; returns the new text and where the matches were in the
+    text given, sorted. Kinds run one after another on the text the earlier ones produced (a
+    placeholder is opaque to later kinds), so spans are mapped back to the original coordinates.
+
+    This is the one implementation of PII detection: `scrub` (data) and `genloop.postprocess`
+    (generated text, whole and streamed) both call it."""
+    # spans in the current text: [cur_start, cur_end, orig_start, orig_end, kind], sorted
+    spans: list[list[Any]] = []
     for kind in check_kinds(kinds):
-        found = 0
+        placeholder = PLACEHOLDERS[kind]
         for pattern, replacer, worth_trying in _RULES[kind]:
             if not worth_trying(text):
                 continue
+            found = [span for m in pattern.finditer(text) if (span := replacer(m)) is not None]
+            if found:
+                text, spans = _replace(text, spans, found, kind, placeholder)
+    return text, [PiiMatch(s[2], s[3], s[4]) for s in spans]
 
-            def substitute(m: re.Match[str], replacer: Replacer = replacer) -> str:
-                nonlocal found
-                replacement = replacer(m)
-                if replacement is None:
-                    return m.group(0)
-                found += 1
-                return replacement
 
-            text = pattern.sub(substitute, text)
-        counts[kind] = found
-    return text, counts
+def _replace(
+    text: str, spans: list[list[Any]], found: list[Span], kind: str, placeholder: str
+) -> tuple[str, list[list[Any]]]:
+    """Apply one pass's replacements (sorted, disjoint spans of `text`) and keep the map to the original."""
+
+    def to_original(pos: int, end: bool) -> int:
+        offset = 0
+        for cs, ce, os_, oe, _ in spans:
+            if ce <= pos:
+                offset += (oe - os_) - (ce - cs)
+            elif cs < pos:  # inside an earlier placeholder: the whole of it
+                return oe if end else os_
+            else:
+                break
+        return pos + offset
+
+    pieces: list[str] = []
+    merged: list[list[Any]] = []
+    last = 0
+    shift = 0  # current-text length change so far in this pass
+    old = iter(spans)
+    pending = next(old, None)
+    for start, end in found:
+        while pending is not None and pending[1] <= start:
+            merged.append([pending[0] + shift, pending[1] + shift, *pending[2:]])
+            pending = next(old, None)
+        os_, oe = to_original(start, False), to_original(end, True)
+        while pending is not None and pending[0] < end:  # swallowed by this match
+            pending = next(old, None)
+        pieces.append(text[last:start])
+        pieces.append(placeholder)
+        new_start = start + shift
+        shift += len(placeholder) - (end - start)
+        merged.append([new_start, new_start + len(placeholder), os_, oe, kind])
+        last = end
+    while pending is not None:
+        merged.append([pending[0] + shift, pending[1] + shift, *pending[2:]])
+        pending = next(old, None)
+    pieces.append(text[last:])
+    return "".join(pieces), merged
+
+
+def find(text: str, kinds: Iterable[str] | None = None) -> list[PiiMatch]:
+    """Where the PII in `text` is (see `redact`)."""
+    return redact(text, kinds)[1]
+
+
+def scrub(text: str, kinds: Iterable[str] | None = None) -> tuple[str, dict[str, int]]:
+    """Replace PII with typed placeholders; returns the new text and the replacements per kind (every
+    requested kind is a key, with 0 when nothing was found). Text that is not PII is left byte-for-byte."""
+    wanted = check_kinds(kinds)
+    new, matches = redact(text, wanted)
+    counts = dict.fromkeys(wanted, 0)
+    for m in matches:
+        counts[m.kind] += 1
+    return new, counts

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +35,9 @@ from genloop.generate.single import SingleRequestPaths
 from genloop.generate.stop import StopMatcher
 from genloop.model import DecoderLM, EncoderDecoderLM
 from genloop.preprocess import Tokenizer
+
+if TYPE_CHECKING:
+    from genloop.postprocess import Pipeline
 
 Prompt = str | Sequence[Mapping[str, Any]]
 # The fastest dtype measured here (benchmarks/bench_generate.py): int4 decodes 2.9-3.5x faster than
@@ -63,8 +66,12 @@ class Engine(SingleRequestPaths):
         max_seq_len: int = 2048,
         prefill_chunk: int = 512,
         prefix_cache_tokens: int = 16384,
+        postprocess: Pipeline | None = None,
     ) -> None:
         self.path = resolve(model)
+        # Applied to every completion's text, streamed or not (genloop.postprocess); None: raw text, as
+        # evaluation and training rollouts need it.
+        self.postprocess = postprocess if postprocess is not None and not postprocess.is_noop() else None
         self.dtype = DEFAULT_CPU_DTYPE if dtype == "auto" else dtype
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype '{dtype}' is not supported; choose auto or one of {', '.join(DTYPES)}")
@@ -117,8 +124,10 @@ class Engine(SingleRequestPaths):
         on_delta: Any = None,
         response_format: dict[str, Any] | None = None,
         request_id: str | None = None,
+        context: str | None = None,
     ) -> Request:
-        """Queue a request; `on_delta(Delta)` is called from the engine thread as text arrives."""
+        """Queue a request; `on_delta(Delta)` is called from the engine thread as text arrives.
+        `context` is the prompt as text for postprocessing hooks (relevance) when `prompt` is token ids."""
         params = (params or SamplingParams()).validate(self.vocab_size)
         ids = (
             list(prompt)
@@ -146,6 +155,9 @@ class Engine(SingleRequestPaths):
                     make_generator(seed),
                     StopMatcher(params.stop),
                     self._constraint(response_format),
+                    post=self.postprocess.stream(prompt=context or _prompt_text(prompt))
+                    if self.postprocess is not None
+                    else None,
                 )
             )
         with self._cond:
@@ -436,6 +448,8 @@ class Engine(SingleRequestPaths):
         top: list[tuple[int, float]] | None,
         stop_token: int | None = None,
     ) -> None:
+        if seq.post is not None:
+            text = self._postprocess(seq, text)
         seq.text += text
         callback = seq.request.on_delta
         if seq.request.params.logprobs is None:  # another row of the batch asked for them, not this one
@@ -459,6 +473,21 @@ class Engine(SingleRequestPaths):
             callback(delta)
         except Exception:  # the consumer is gone (e.g. its event loop closed): stop only its request
             seq.request.cancelled = True
+
+    def _postprocess(self, seq: Seq, text: str) -> str:
+        """The released part of a piece after formatting and filters; the rest at the last piece. A
+        blocked answer gets the refusal text and ends now with finish_reason content_filter."""
+        post, pipeline = seq.post, self.postprocess
+        assert post is not None and pipeline is not None
+        if post.blocked:
+            return ""
+        text = post.feed(text) if text else ""
+        if seq.finish_reason is not None and not post.blocked:
+            text += post.finish(truncated=seq.finish_reason == "length")
+        if post.blocked:
+            seq.finish_reason = "content_filter"
+            text += pipeline.refusal
+        return text
 
     def _finish(self, seq: Seq, reason: str | None, notify: bool = True) -> None:
         """Take a sequence out of its slot, keeping running sequences packed in slots 0..B-1."""
@@ -484,6 +513,14 @@ class Engine(SingleRequestPaths):
             del self._slots[slot]
         if all(s.finish_reason is not None for s in seq.request.seqs):
             seq.request.done.set()
+
+
+def _prompt_text(prompt: Any) -> str | None:
+    """A prompt as text for postprocessing hooks: the text itself, or a chat's last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content") for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) else None
 
 
 def _with(params: SamplingParams, **changes: Any) -> SamplingParams:

@@ -77,6 +77,7 @@ class Sequence:
     finish_reason: str | None = None
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    post: Any = None  # its postprocessing stream state (genloop.postprocess.StreamState) when enabled
 
     @property
     def prompt(self) -> list[int]:

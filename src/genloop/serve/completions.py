@@ -76,6 +76,10 @@ class Run:
         for request in self.requests:
             self.engine.cancel(request)
 
+    def sequences(self) -> list[Any]:
+        """The engine's sequences in choice order (prompt i's n completions at i*n...)."""
+        return [seq for request in self.requests for seq in request.seqs]
+
     async def deltas(
         self, on_piece: Callable[[Choice, float], None] | None = None
     ) -> AsyncIterator[tuple[int, Delta]]:

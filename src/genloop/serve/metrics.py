@@ -40,8 +40,15 @@ class Metrics:
         )
         self.queued = Gauge("genloop_num_requests_waiting", "Sequences waiting for a slot", registry=r)
         self.running = Gauge("genloop_num_requests_running", "Sequences holding a slot", registry=r)
-        self.filtered = Counter(
-            "genloop_filter_events", "Answers or prompts stopped by a filter rule", ["rule"], registry=r
+        self.filter_events = Counter(
+            "genloop_filter_events",
+            "Filter and limit events by direction (input: prompts and requests, output: answers), rule "
+            "and action",
+            ["direction", "rule", "action"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "genloop_rate_limited", "Requests answered 429 by a per-key rate limit", ["limit"], registry=r
         )
 
     def watch(self, queued: Callable[[], float], running: Callable[[], float]) -> None:

@@ -26,6 +26,8 @@ from genloop.serve.completions import (
     new_id,
 )
 from genloop.serve.errors import APIError, validation_error
+from genloop.serve.guard import record_output_events, screen_messages, screen_texts
+from genloop.serve.limits import admit
 from genloop.serve.recording import Recording
 from genloop.serve.schemas import (
     ChatCompletionRequest,
@@ -147,8 +149,9 @@ async def chat_completions(request: Request) -> Any:
     state = ServerState.ready(request)
     body = await parse(request, ChatCompletionRequest)
     state.check_model(body.model)
-    ids = _encode(state, body.chat(), chat=True)
+    ids = _encode(state, await screen_messages(state, body.chat()), chat=True)
     params = body.engine_params()
+    await admit(request, [ids], max_tokens=params.max_tokens, n=params.n, messages=len(body.messages))
     fmt = body.response_format.as_engine() if body.response_format else None
     run = _start(state, [ids], params, fmt)  # everything wrong with the request fails before it is stored
     try:
@@ -238,6 +241,7 @@ def _finish(state: ServerState, run: Run, recording: Recording | None) -> None:
     _account(state, run)
     if recording is not None:
         recording.finish(run)
+    record_output_events(state, run, recording.message_ids if recording is not None else None)
 
 
 @router.post("/v1/completions")
@@ -245,8 +249,12 @@ async def completions(request: Request) -> Any:
     state = ServerState.ready(request)
     body = await parse(request, CompletionRequest)
     state.check_model(body.model)
-    prompts = [_encode(state, p, chat=False) for p in body.prompts()]
+    texts = [p for p in body.prompts() if isinstance(p, str)]
+    screened = iter(await screen_texts(state, texts, "prompt"))
+    given = [next(screened) if isinstance(p, str) else p for p in body.prompts()]
+    prompts = [_encode(state, p, chat=False) for p in given]
     params = body.engine_params()
+    await admit(request, prompts, max_tokens=params.max_tokens, n=params.n)
     scored = await _prompt_logprobs(state, prompts, body.logprobs) if body.echo else None
     run = _start(state, prompts, params, None)
     cid, created = new_id("cmpl"), int(time.time())
@@ -376,6 +384,7 @@ async def embeddings(request: Request) -> Any:
     batches = [_encode(state, x, chat=False) for x in inputs]  # type: ignore[arg-type]
     if any(not ids for ids in batches):
         raise APIError(400, "An input is empty: give at least one token of text.", param="input")
+    await admit(request, batches, param="input")
     dim = state.engine.config.d_model
     if body.dimensions is not None and body.dimensions > dim:
         raise APIError(400, f"'dimensions' must be at most {dim} for this model.", param="dimensions")

@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
+from genloop.data.pii import scrub
 from genloop.serve.errors import APIError
 
 if TYPE_CHECKING:
@@ -110,11 +111,16 @@ class Recording:
         if self.store is None:
             return
         latency = (time.perf_counter() - self.started) * 1000
-        for message_id, choice in zip(self.message_ids, run.choices, strict=False):
+        sequences = run.sequences()
+        for i, (message_id, choice) in enumerate(zip(self.message_ids, run.choices, strict=False)):
             status = "complete" if choice.finish_reason not in (None, "cancelled") else "cancelled"
+            content = choice.text
+            if choice.finish_reason == "content_filter" and i < len(sequences):
+                # what the model wrote (PII redacted), not the refusal: it becomes a negative example
+                content = scrub(sequences[i].decoded)[0]
             self.store.finish_message(
                 message_id,
-                content=choice.text,
+                content=content,
                 prompt_tokens=run.prompt_tokens,
                 completion_tokens=choice.tokens,
                 latency_ms=latency,

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from fastapi import Request
 
+from genloop.serve.config import LimitsConfig
 from genloop.serve.errors import APIError
+from genloop.serve.limits import Limiter
 from genloop.serve.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -33,7 +35,15 @@ class ServerState:
     load_error: str | None = None
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=lambda: int(time.time()))
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # The `postprocess:` section of the serve config, as given (the pipeline is built from it).
+    postprocess_config: dict[str, Any] | str | None = None
+    pipeline: Any = None  # the postprocess Pipeline the engine applies (None: answers are raw)
+    limiter: Limiter = field(init=False)
     _swapping: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.limiter = Limiter(self.limits)
 
     @property
     def fingerprint(self) -> str:

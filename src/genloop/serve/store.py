@@ -28,9 +28,11 @@ from genloop.serve.store_models import (
     STATUSES,
     Conversation,
     Feedback,
+    FilterEvent,
     Message,
     feedback_dict,
     feedback_kind,
+    filter_event_dict,
     iso,
     message_dict,
     walk_up,
@@ -40,6 +42,10 @@ BUSY_TIMEOUT_S = 30.0
 TITLE_CHARS = 60  # default title: the first user message, cut
 MAX_TITLE = 200  # the column's width
 MIGRATIONS = Path(__file__).with_name("migrations")
+DIRECTIONS = ("input", "output")
+# Output events that make an answer a bad example: a filter stopped or masked what the model wrote.
+# PII redaction ("redact") and formatting ("format") fix an answer without condemning it.
+NEGATIVE_ACTIONS = ("block", "mask")
 
 
 class StoreError(UserError):
@@ -440,25 +446,88 @@ class Store:
             kinds[feedback_kind(f)] += 1
         return {"rating": ratings, "kind": kinds}
 
-    def export(self, kind: str, since: datetime | None = None) -> list[dict[str, Any]]:
-        """Training rows in TRL's conversational format from feedback given at or after `since`."""
+    def export(
+        self, kind: str, since: datetime | None = None, *, include_filtered: bool | None = None
+    ) -> list[dict[str, Any]]:
+        """Training rows in TRL's conversational format from feedback given at or after `since`.
+
+        A filtered answer (an output event with a NEGATIVE_ACTIONS action) is never a good example in
+        any format; with `include_filtered` (default: on for kto) each one filtered since `since` is
+        also a kto row labelled false, feedback or not.
+        """
         from genloop.serve.store_export import EXPORTERS, export_rows
 
         if kind not in EXPORTERS:
             raise StoreError(f"unknown export format {kind!r}; use one of {', '.join(EXPORTERS)}")
+        if include_filtered is None:
+            include_filtered = kind == "kto"
+        if include_filtered and kind != "kto":
+            raise StoreError(
+                f"filtered answers are exported as kto rows (label false), not as {kind}; "
+                "use --format kto or drop --include-filtered"
+            )
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)  # naive means UTC, like everything stored
         q = select(Feedback).order_by(Feedback.created_at, Feedback.id)
         if since is not None:
             q = q.where(Feedback.created_at >= since)
+        bad = (
+            select(FilterEvent.message_id, FilterEvent.created_at)
+            .where(
+                FilterEvent.direction == "output",
+                FilterEvent.action.in_(NEGATIVE_ACTIONS),
+                FilterEvent.message_id.is_not(None),
+            )
+            .order_by(FilterEvent.created_at, FilterEvent.id)
+        )
         with self._read() as s:
             feedback = s.scalars(q).all()
-            ids = {
-                f.conversation_id
-                for f in s.scalars(select(Message).where(Message.id.in_({f.message_id for f in feedback})))
-            }
+            filtered_at = {mid: at for mid, at in reversed(s.execute(bad).all())}  # first event wins
+            negatives = [
+                m for m, at in filtered_at.items() if include_filtered and (since is None or at >= since)
+            ]
+            touched = {f.message_id for f in feedback} | set(negatives)
+            ids = {m.conversation_id for m in s.scalars(select(Message).where(Message.id.in_(touched)))}
             messages = {m.id: m for m in s.scalars(select(Message).where(Message.conversation_id.in_(ids)))}
-        return export_rows(kind, feedback, messages)
+        negatives.sort(key=lambda m: filtered_at[m])
+        return export_rows(kind, feedback, messages, frozenset(filtered_at), negatives)
+
+    # -- filter events -----------------------------------------------------------------------------
+
+    def add_filter_events(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Insert events in one transaction. Each row: direction, rule, action, and optionally detail,
+        request_id, conversation_id, message_id (its conversation is filled in), api_key_id."""
+        now = utcnow()
+        events = []
+        with self._writing() as s:
+            for row in rows:
+                if row.get("direction") not in DIRECTIONS:
+                    raise StoreError(
+                        f"direction must be one of {', '.join(DIRECTIONS)}, not {row.get('direction')!r}"
+                    )
+                row = dict(row)
+                if row.get("message_id") is not None:
+                    row["conversation_id"] = self._message(s, row["message_id"]).conversation_id
+                elif row.get("conversation_id") is not None:
+                    self._conversation(s, row["conversation_id"])
+                detail = row.get("detail")  # cut to the columns' widths (PostgreSQL would refuse more)
+                row["detail"] = None if detail is None else str(detail)[:200]
+                row["rule"], row["action"] = str(row["rule"])[:100], str(row["action"])[:32]
+                events.append(FilterEvent(created_at=now, **row))
+            s.add_all(events)
+        return [e.id for e in events]
+
+    def filter_events(
+        self, *, limit: int = 100, direction: str | None = None, since: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        q = select(FilterEvent).order_by(FilterEvent.created_at.desc(), FilterEvent.id.desc())
+        if direction is not None:
+            q = q.where(FilterEvent.direction == direction)
+        if since is not None:
+            q = q.where(FilterEvent.created_at >= (since if since.tzinfo else since.replace(tzinfo=UTC)))
+        with self._read() as s:
+            return [filter_event_dict(e) for e in s.scalars(q.limit(max(0, limit)))]
 
     def counts(self) -> dict[str, int]:
         with self._read() as s:

@@ -7,7 +7,8 @@
 
 Several feedback rows on one answer (a changed mind, a double click) count once: the latest rating
 and the latest correction win; identical rows are written once. An answer that did not complete is
-never used as a good example.
+never used as a good example, nor is a filtered one (a filter blocked or masked it), even upvoted: in
+kto it is labelled false, and the store can add every filtered answer as a kto negative.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def _complete(m: Message) -> bool:
     return m.status == "complete" and bool(m.content.strip())
 
 
-def sft(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row]:
+def sft(verdicts: dict[str, _Verdict], messages: dict[str, Message], filtered: frozenset[str]) -> list[Row]:
     rows = []
     for mid, v in verdicts.items():
         answer = messages[mid]
@@ -71,12 +72,14 @@ def sft(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row
             continue
         if v.correction is not None:
             rows.append({"messages": [*prompt, _turn("assistant", v.correction)]})
-        elif v.rating == 1 and _complete(answer):
+        elif v.rating == 1 and _complete(answer) and mid not in filtered:
             rows.append({"messages": [*prompt, _turn("assistant", answer.content)]})
     return rows
 
 
-def preference(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row]:
+def preference(
+    verdicts: dict[str, _Verdict], messages: dict[str, Message], filtered: frozenset[str]
+) -> list[Row]:
     rows: list[Row] = []
     picked: dict[frozenset[str], int] = {}  # a later pick between the same two answers replaces the earlier
     for mid, v in verdicts.items():
@@ -86,7 +89,7 @@ def preference(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> l
             continue
         for other_id in v.preferred_over:
             other = messages.get(other_id)
-            if other is None or not _complete(answer) or not other.content.strip():
+            if other is None or not _complete(answer) or mid in filtered or not other.content.strip():
                 continue
             row = {
                 "prompt": prompt,
@@ -110,34 +113,56 @@ def preference(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> l
     return rows
 
 
-def kto(verdicts: dict[str, _Verdict], messages: dict[str, Message]) -> list[Row]:
+def kto(verdicts: dict[str, _Verdict], messages: dict[str, Message], filtered: frozenset[str]) -> list[Row]:
     rows = []
     for mid, v in verdicts.items():
         answer = messages[mid]
         prompt = _prompt(messages, answer)
         if v.rating is None or not prompt or not answer.content.strip():
             continue
-        if v.rating == 1 and not _complete(answer):
+        good = v.rating == 1 and mid not in filtered  # a filter's verdict outranks a thumbs up
+        if good and not _complete(answer):
             continue  # a cut-off answer is no example of a good one
-        rows.append(
-            {"prompt": prompt, "completion": [_turn("assistant", answer.content)], "label": v.rating == 1}
-        )
+        rows.append({"prompt": prompt, "completion": [_turn("assistant", answer.content)], "label": good})
     return rows
 
 
-EXPORTERS: dict[str, Callable[[dict[str, _Verdict], dict[str, Message]], list[Row]]] = {
+def filtered_kto(negatives: Sequence[str], messages: dict[str, Message]) -> list[Row]:
+    """Filtered answers as undesirable kto examples (what the model wrote, as the store holds it)."""
+    rows = []
+    for mid in negatives:
+        answer = messages.get(mid)
+        prompt = _prompt(messages, answer) if answer is not None else []
+        if answer is not None and prompt and answer.content.strip():
+            rows.append(
+                {"prompt": prompt, "completion": [_turn("assistant", answer.content)], "label": False}
+            )
+    return rows
+
+
+Exporter = Callable[[dict[str, _Verdict], dict[str, Message], frozenset[str]], list[Row]]
+EXPORTERS: dict[str, Exporter] = {
     "sft": sft,
     "preference": preference,
     "kto": kto,
 }
 
 
-def export_rows(kind: str, feedback: Sequence[Feedback], messages: dict[str, Message]) -> list[Row]:
-    """`feedback` oldest first; `messages` every message of the conversations it touches. Identical rows
-    (a pick and a correction saying the same thing) are written once: duplicates only reweight training."""
+def export_rows(
+    kind: str,
+    feedback: Sequence[Feedback],
+    messages: dict[str, Message],
+    filtered: frozenset[str] = frozenset(),
+    negatives: Sequence[str] = (),
+) -> list[Row]:
+    """`feedback` oldest first; `messages` every message of the conversations it touches; `filtered` the
+    ids of every filtered answer; `negatives` those to add as kto rows (label false). Identical rows
+    (a pick and a correction saying the same thing, a downvoted answer that a filter also stopped) are
+    written once: duplicates only reweight training."""
     seen: set[str] = set()
     rows = []
-    for row in EXPORTERS[kind](_verdicts(feedback, messages), messages):
+    extra = filtered_kto(negatives, messages) if kind == "kto" else []
+    for row in EXPORTERS[kind](_verdicts(feedback, messages), messages, filtered) + extra:
         key = json.dumps(row, sort_keys=True)
         if key not in seen:
             seen.add(key)

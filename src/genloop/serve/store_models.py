@@ -120,6 +120,42 @@ class Feedback(Base):
     message: Mapped[Message] = relationship(back_populates="feedback", foreign_keys=[message_id])
 
 
+class FilterEvent(Base):
+    """A filter rule or a limit that fired: which rule, what it did, to which request. Never the text it
+    matched (a PII rule records only the kind), so the table is safe to keep and to show."""
+
+    __tablename__ = "filter_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    # Deleting a conversation keeps its events (they hold no text) but forgets which one it was.
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), index=True
+    )
+    message_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="SET NULL"), index=True)
+    direction: Mapped[str] = mapped_column(String(8))
+    rule: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(String(200))
+    api_key_id: Mapped[str | None] = mapped_column(String(32))
+
+
+def filter_event_dict(e: FilterEvent) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "created_at": iso(e.created_at),
+        "request_id": e.request_id,
+        "conversation_id": e.conversation_id,
+        "message_id": e.message_id,
+        "direction": e.direction,
+        "rule": e.rule,
+        "action": e.action,
+        "detail": e.detail,
+        "api_key_id": e.api_key_id,
+    }
+
+
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
