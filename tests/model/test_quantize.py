@@ -197,10 +197,12 @@ def _license_ids(path: Path, n: int = 2000) -> torch.Tensor:
 def test_smollm2_quality_teacher_forced(smollm2: Path) -> None:
     """Top-1 agreement with fp32 and perplexity, teacher-forced on 2,000 tokens of English.
 
-    int8 per-channel lands near 96%, short of the 97% once asked for: SmolLM2's weights come from a
-    Q4_1 file (4-bit, groups of 32), so re-quantizing each row with one int8 scale adds ~0.9% noise,
-    more than bf16 does (97.6%). int4 with groups of 32 recovers that grid almost exactly; its loss
-    is the head's, hence the int8 head (an int4 head scores ~89%).
+    int8 per-channel lands at 96.5%, short of the 97% once asked for: SmolLM2's weights come from a
+    Q4_1 file (4-bit, groups of 32), so re-quantizing each row with one int8 scale adds noise that
+    bf16 does not (97.4%); MSE-optimal clipping of the row scales measured worse (96.2%), and fp32
+    activations instead of bf16 change it by 0.1%. int4 with groups of 32 recovers that grid almost
+    exactly (98.55%). The tied head's top candidates are re-scored from the float embedding table,
+    which took int8 from 95.75% and int4 from 97.3% to these figures.
     """
     from genloop.checkpoint import load_model
 
@@ -219,9 +221,9 @@ def test_smollm2_quality_teacher_forced(smollm2: Path) -> None:
         agree = (pred == top1).float().mean().item()
         print(f"{mode}: top-1 agreement {agree:.4f}  perplexity {p:.3f} ({(p / ppl - 1) * 100:+.2f}%)")
     # Regression guard, NOT issue 4's acceptance bar (int8 >= 97%): per-row int8 of SmolLM2 (itself
-    # dequantized from Q4_1) measures 95.6-96.2% here; the shortfall is reported on the issue.
-    assert (results["int8"][0] == top1).float().mean() >= 0.95
-    assert (results["int4"][0] == top1).float().mean() >= 0.90
+    # dequantized from Q4_1) measures 96.5% here; the shortfall is reported on the issue.
+    assert (results["int8"][0] == top1).float().mean() >= 0.96
+    assert (results["int4"][0] == top1).float().mean() >= 0.97
     assert results["int8"][1] < ppl * 1.03 and results["int4"][1] < ppl * 1.03
 
 

@@ -100,6 +100,9 @@ class Int8Linear(_KernelDtypes):
         self.register_buffer("scales", torch.ones(out_features, dtype=KERNEL_DTYPE))
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
         self.refine_top = 0  # > 0: recompute this many top outputs per row in fp32 (the output head)
+        # Float weights to recompute them from (a tied head's embedding table, kept anyway for the
+        # lookup): then the top candidates' logits are the float model's own. Not a buffer: shared.
+        self.refine_from: Tensor | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -135,9 +138,14 @@ class Int8Linear(_KernelDtypes):
     def _refine(self, x2: Tensor, y: Tensor) -> Tensor:
         """The kernel's outputs are bf16: 0.125 apart near a logit of 25, so close candidates tie and
         greedy picks by token id (SmolLM2: 'The' 25.33 vs 'L' 25.24 in fp32 both became 25.125).
-        The top rows are recomputed exactly from the int8 codes in fp32: a [k, K] gather per row."""
+        The top rows are recomputed in fp32, from the float weights when the head has them (a tied
+        embedding: the candidates are then ranked exactly as the float model ranks them), else from
+        the int8 codes: a [k, K] gather per row."""
         idx = y.topk(self.refine_top, dim=-1).indices  # [M, k]
-        rows = self.weight[idx].float() * self.scales[idx].float()[..., None]  # [M, k, K]
+        if self.refine_from is not None:
+            rows = self.refine_from.detach()[idx].float()  # [M, k, K]
+        else:
+            rows = self.weight[idx].float() * self.scales[idx].float()[..., None]
         exact = torch.bmm(rows, x2.float()[:, :, None]).squeeze(-1)
         return y.scatter(1, idx, exact)
 
@@ -298,6 +306,11 @@ def _int4_group(k: int, group_size: int) -> int:
     return max(fits) if fits else group_size
 
 
+def _tied(model: nn.Module, weight: Tensor) -> bool:
+    """Whether `weight` is also an embedding table of the model (which keeps it in float)."""
+    return any(isinstance(m, nn.Embedding) and m.weight is weight for m in model.modules())
+
+
 def quantize_model(
     model: nn.Module,
     mode: Literal["int8", "int4"],
@@ -306,7 +319,8 @@ def quantize_model(
 ) -> nn.Module:
     """Replace every nn.Linear (attention, MLP, output head) by its weight-only quantized version, in
     place; returns the model. A head tied to the embedding is untied: the lookup keeps its float
-    table, the head (the largest matmul of a decode step) gets its own quantized copy.
+    table, the head (the largest matmul of a decode step) gets its own quantized copy, and its top
+    candidates are re-scored from that float table, so greedy picks what the float head would.
 
     `head` is the head's own precision (None: leave it as it is). It is int8 by default in both
     modes: on SmolLM2 an int4 head drops top-1 agreement with fp32 from ~97% to ~89% and decodes
@@ -325,7 +339,9 @@ def quantize_model(
         kind = head if name == "lm_head" else mode
         if kind == "int8":
             quantized = Int8Linear.from_linear(linear)
-            quantized.refine_top = HEAD_REFINE_TOP if name == "lm_head" else 0
+            if name == "lm_head":
+                quantized.refine_top = HEAD_REFINE_TOP
+                quantized.refine_from = linear.weight if _tied(model, linear.weight) else None
             setattr(parent, child, quantized)
         elif kind == "int4":
             setattr(
