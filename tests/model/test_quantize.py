@@ -195,24 +195,25 @@ def _license_ids(path: Path, n: int = 2000) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_smollm2_quality_teacher_forced(smollm2: Path) -> None:
-    """Top-1 agreement with fp32 and perplexity, teacher-forced on 2,000 tokens of English.
+    """Issue 4's bar: top-1 agreement with fp32, teacher-forced on 2,000 tokens of English (the
+    Python licence; GPTQ calibrates on other text), int8 >= 97% and int4 >= 90%, perplexity printed.
 
-    int8 per-channel lands at 96.5%, short of the 97% once asked for: SmolLM2's weights come from a
-    Q4_1 file (4-bit, groups of 32), so re-quantizing each row with one int8 scale adds noise that
-    bf16 does not (97.4%); MSE-optimal clipping of the row scales measured worse (96.2%), and fp32
-    activations instead of bf16 change it by 0.1%. int4 with groups of 32 recovers that grid almost
-    exactly (98.55%). The tied head's top candidates are re-scored from the float embedding table,
-    which took int8 from 95.75% and int4 from 97.3% to these figures.
+    The models are loaded as the engine loads them. SmolLM2's weights come from a Q4_1 file (4-bit,
+    groups of 32), a grid that one int8 scale per row cannot hold: round-to-nearest int8 keeps 96.5%
+    (printed as int8-rtn), GPTQ's codes about 97.2%. int4 with groups of 32 recovers the grid almost
+    exactly. The tied head's top candidates are re-scored from the float embedding table.
     """
     from genloop.checkpoint import load_model
+    from genloop.generate.loading import load_for_inference
 
     ids = _license_ids(smollm2)
     results = {}
     with torch.no_grad():
-        for mode in ("fp32", "int8", "int4"):
-            model = load_model(smollm2, dtype=torch.float32)
-            if mode != "fp32":
-                quantize_model(model, mode)  # type: ignore[arg-type]
+        for mode in ("fp32", "int8-rtn", "int8", "int4"):
+            if mode == "int8-rtn":
+                model = quantize_model(load_model(smollm2, dtype=torch.float32), "int8")
+            else:
+                model = load_for_inference(smollm2, "float32" if mode == "fp32" else mode)
             logits = model(ids)[0]
             nll = F.cross_entropy(logits[:-1], ids[0, 1:]).item()
             results[mode] = (logits.argmax(-1), math.exp(nll))
@@ -220,10 +221,8 @@ def test_smollm2_quality_teacher_forced(smollm2: Path) -> None:
     for mode, (pred, p) in results.items():
         agree = (pred == top1).float().mean().item()
         print(f"{mode}: top-1 agreement {agree:.4f}  perplexity {p:.3f} ({(p / ppl - 1) * 100:+.2f}%)")
-    # Regression guard, NOT issue 4's acceptance bar (int8 >= 97%): per-row int8 of SmolLM2 (itself
-    # dequantized from Q4_1) measures 96.5% here; the shortfall is reported on the issue.
-    assert (results["int8"][0] == top1).float().mean() >= 0.96
-    assert (results["int4"][0] == top1).float().mean() >= 0.97
+    assert (results["int8"][0] == top1).float().mean() >= 0.97
+    assert (results["int4"][0] == top1).float().mean() >= 0.90
     assert results["int8"][1] < ppl * 1.03 and results["int4"][1] < ppl * 1.03
 
 
