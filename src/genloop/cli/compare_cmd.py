@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genloop.cli.eval_cmd import task_flags
 from genloop.errors import UserError
 
 
@@ -22,13 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("a", metavar="A", help="the baseline model")
     p.add_argument("b", metavar="B", help="the model compared against A")
-    p.add_argument(
-        "--tasks", nargs="+", required=True, metavar="TASK", help="KIND:PATH or YAML files (one or more)"
-    )
+    task_flags(p)
     p.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default GENLOOP_HOME/compares/TIME-A-vs-B)"
     )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows (or windows) per task")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of generation and bootstrap (0)")
     p.add_argument(
         "--resamples", type=int, default=1000, metavar="R", help="bootstrap resamples (default 1000)"
@@ -43,19 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--rubric", default=None, metavar="TEXT", help="what the judge values: text or @FILE (default: "
         "helpful, correct, concise)"
     )  # fmt: skip
-    p.add_argument("--chat", action="store_true", help="wrap generation prompts in the models' chat template")
-    p.add_argument(
-        "--max-tokens", type=int, default=256, metavar="N", help="most tokens per generation (default 256)"
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=16, metavar="B", help="rows per forward pass (default 16)"
-    )
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "int8", "int4"],
-        default="float32",
-        help="weights during evaluation (default float32: scores of the models themselves)",
-    )
     p.set_defaults(handler=_compare)
 
 

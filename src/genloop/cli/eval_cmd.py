@@ -16,26 +16,37 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "defining tasks. Rerunning into the same --out skips the tasks already finished.",
     )
     p.add_argument("model", metavar="MODEL", help="a model directory or a registered name")
-    p.add_argument(
-        "--tasks", nargs="+", required=True, metavar="TASK", help="KIND:PATH or YAML files (one or more)"
-    )
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows (or windows) per task")
+    task_flags(p)
     p.add_argument(
         "--out", default=None, metavar="DIR", help="output folder (default GENLOOP_HOME/evals/<time>-<model>)"
     )
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
-    p.add_argument(
-        "--batch-size", type=int, default=16, metavar="B", help="rows per forward pass (default 16)"
-    )
-    p.add_argument(
-        "--max-tokens", type=int, default=256, metavar="N", help="most tokens per generation (default 256)"
-    )
     p.add_argument(
         "--temperature",
         type=float,
         default=0.0,
         metavar="T",
         help="generation temperature; 0 (default) is greedy",
+    )
+    p.set_defaults(handler=_eval)
+
+
+def task_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `eval` and `compare` share: which tasks, how much of them, and how models run."""
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        required=True,
+        metavar="TASK",
+        help="built-in task names (summarization, translation, conversation, humaneval), KIND:PATH "
+        "or YAML files (one or more)",
+    )
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows (or windows) per task")
+    p.add_argument(
+        "--batch-size", type=int, default=16, metavar="B", help="rows per forward pass (default 16)"
+    )
+    p.add_argument(
+        "--max-tokens", type=int, default=256, metavar="N", help="most tokens per generation (default 256)"
     )
     p.add_argument("--chat", action="store_true", help="wrap generation prompts in the model's chat template")
     p.add_argument(
@@ -44,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="float32",
         help="weights during evaluation (default float32: scores of the model itself)",
     )
-    p.set_defaults(handler=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:

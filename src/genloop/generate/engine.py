@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
 import itertools
 import threading
 import uuid
@@ -28,6 +29,7 @@ from genloop.checkpoint import resolve
 from genloop.checkpoint.directory import load_generation_config
 from genloop.generate.kv_cache import PrefixCache, SlotCache
 from genloop.generate.loading import DTYPES, load_for_inference
+from genloop.generate.postprocessing import new_stream, prompt_text, release
 from genloop.generate.request import Delta, Request, RequestOutput
 from genloop.generate.request import Sequence as Seq
 from genloop.generate.sampling import Sampler, SamplingParams, make_generator
@@ -142,7 +144,7 @@ class Engine(SingleRequestPaths):
                 f"the prompt has {len(ids)} tokens but the context holds {self.max_len}; shorten the prompt"
             )
         if params.max_tokens is not None and params.max_tokens > room:
-            params = _with(params, max_tokens=room)
+            params = dataclasses.replace(params, max_tokens=room)
         request = Request(
             request_id or f"req-{uuid.uuid4().hex[:12]}", ids, params, on_delta, response_format
         )
@@ -155,9 +157,7 @@ class Engine(SingleRequestPaths):
                     make_generator(seed),
                     StopMatcher(params.stop),
                     self._constraint(response_format),
-                    post=self.postprocess.stream(prompt=context or _prompt_text(prompt))
-                    if self.postprocess is not None
-                    else None,
+                    post=new_stream(self.postprocess, context or prompt_text(prompt)),
                 )
             )
         with self._cond:
@@ -449,7 +449,7 @@ class Engine(SingleRequestPaths):
         stop_token: int | None = None,
     ) -> None:
         if seq.post is not None:
-            text = self._postprocess(seq, text)
+            text = release(seq, text, self.postprocess)
         seq.text += text
         callback = seq.request.on_delta
         if seq.request.params.logprobs is None:  # another row of the batch asked for them, not this one
@@ -473,21 +473,6 @@ class Engine(SingleRequestPaths):
             callback(delta)
         except Exception:  # the consumer is gone (e.g. its event loop closed): stop only its request
             seq.request.cancelled = True
-
-    def _postprocess(self, seq: Seq, text: str) -> str:
-        """The released part of a piece after formatting and filters; the rest at the last piece. A
-        blocked answer gets the refusal text and ends now with finish_reason content_filter."""
-        post, pipeline = seq.post, self.postprocess
-        assert post is not None and pipeline is not None
-        if post.blocked:
-            return ""
-        text = post.feed(text) if text else ""
-        if seq.finish_reason is not None and not post.blocked:
-            text += post.finish(truncated=seq.finish_reason == "length")
-        if post.blocked:
-            seq.finish_reason = "content_filter"
-            text += pipeline.refusal
-        return text
 
     def _finish(self, seq: Seq, reason: str | None, notify: bool = True) -> None:
         """Take a sequence out of its slot, keeping running sequences packed in slots 0..B-1."""
@@ -513,17 +498,3 @@ class Engine(SingleRequestPaths):
             del self._slots[slot]
         if all(s.finish_reason is not None for s in seq.request.seqs):
             seq.request.done.set()
-
-
-def _prompt_text(prompt: Any) -> str | None:
-    """A prompt as text for postprocessing hooks: the text itself, or a chat's last user message."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [m.get("content") for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
-    return users[-1] if users and isinstance(users[-1], str) else None
-
-
-def _with(params: SamplingParams, **changes: Any) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, **changes)

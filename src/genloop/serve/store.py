@@ -8,22 +8,28 @@ server calls in from many threads: one short session per call, writers queue on 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from genloop.errors import UserError
-from genloop.home import db_path
+from genloop.serve.store_db import (
+    alembic_config,
+    default_url,
+    safe_url,
+    sqlite_engine,
+    sqlite_file,
+    utcnow,
+)
 from genloop.serve.store_models import (
+    MAX_TITLE,
     ROLES,
     STATUSES,
     Conversation,
@@ -35,13 +41,10 @@ from genloop.serve.store_models import (
     filter_event_dict,
     iso,
     message_dict,
+    title_from,
     walk_up,
 )
 
-BUSY_TIMEOUT_S = 30.0
-TITLE_CHARS = 60  # default title: the first user message, cut
-MAX_TITLE = 200  # the column's width
-MIGRATIONS = Path(__file__).with_name("migrations")
 DIRECTIONS = ("input", "output")
 # Output events that make an answer a bad example: a filter stopped or masked what the model wrote.
 # PII redaction ("redact") and formatting ("format") fix an answer without condemning it.
@@ -54,73 +57,6 @@ class StoreError(UserError):
     def __init__(self, message: str, http_status: int = 422) -> None:
         super().__init__(message)
         self.http_status = http_status
-
-
-def default_url() -> str:
-    return f"sqlite:///{db_path()}"
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL; None for in-memory SQLite and other databases."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
-        return None
-    return Path(u.database).expanduser()
-
-
-def safe_url(url: str) -> str:
-    """The URL with any password masked, fit for messages and logs."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def alembic_config(url: str, connection: Any = None) -> Any:
-    """Alembic configured in code (no alembic.ini to ship or find): migrations live beside this module."""
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["connection"] = connection
-    return cfg
-
-
-_clock_lock = threading.Lock()
-_last_now = datetime.min.replace(tzinfo=UTC)
-
-
-def utcnow() -> datetime:
-    """UTC now, strictly increasing within the process, so creation order survives equal clock readings."""
-    global _last_now
-    with _clock_lock:
-        now = datetime.now(UTC)
-        _last_now = now if now > _last_now else _last_now + timedelta(microseconds=1)
-        return _last_now
-
-
-def _title_from(content: str, limit: int = TITLE_CHARS) -> str:
-    """One line, cut with an ellipsis: a default title from the first question stays list-sized."""
-    words = " ".join(content.split())
-    return words if len(words) <= limit else words[: limit - 1].rstrip() + "…"
-
-
-def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-    """Per-connection SQLite settings; the driver's own transaction handling is off (we BEGIN ourselves)."""
-    dbapi_connection.isolation_level = None
-    cur = dbapi_connection.cursor()
-    cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    cur.execute("PRAGMA journal_mode = WAL")
-    cur.execute("PRAGMA synchronous = FULL")  # WAL + FULL: a returned commit is on disk
-    cur.execute("PRAGMA foreign_keys = ON")
-    cur.close()
-
-
-def _sqlite_engine(url: str, begin: str, **kw: Any) -> Engine:
-    """`begin` is BEGIN IMMEDIATE for writers: they take the lock up front and wait on the busy timeout,
-    instead of failing with SQLITE_BUSY when a read transaction tries to upgrade to a write."""
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_S}, **kw)
-    event.listen(engine, "connect", _on_connect)
-    event.listen(engine, "begin", lambda conn: conn.exec_driver_sql(begin))
-    return engine
 
 
 class Store:
@@ -141,10 +77,10 @@ class Store:
             except OSError as exc:
                 raise StoreError(f"cannot create {path.parent} for the store: {exc.strerror}", 503) from exc
         if backend == "sqlite" and path is None:  # in-memory: one shared connection is the whole database
-            self._writer = self._reader = _sqlite_engine(self.url, "BEGIN IMMEDIATE", poolclass=StaticPool)
+            self._writer = self._reader = sqlite_engine(self.url, "BEGIN IMMEDIATE", poolclass=StaticPool)
         elif backend == "sqlite":
-            self._writer = _sqlite_engine(self.url, "BEGIN IMMEDIATE")
-            self._reader = _sqlite_engine(self.url, "BEGIN")
+            self._writer = sqlite_engine(self.url, "BEGIN IMMEDIATE")
+            self._reader = sqlite_engine(self.url, "BEGIN")
         else:
             self._writer = self._reader = create_engine(self.url, pool_pre_ping=True)
         self._write = sessionmaker(self._writer, expire_on_commit=False)
@@ -195,7 +131,7 @@ class Store:
         if not model:
             raise StoreError("a conversation needs a model name; pass model='...'")
         now = utcnow()
-        conv = Conversation(title=_title_from(title, MAX_TITLE) if title else None, model=model, user=user)
+        conv = Conversation(title=title_from(title, MAX_TITLE) if title else None, model=model, user=user)
         conv.created_at = conv.updated_at = now
         with self._writing() as s:
             s.add(conv)
@@ -269,7 +205,7 @@ class Store:
         if not title or not title.strip():
             raise StoreError("a title cannot be empty")
         with self._writing() as s:
-            self._conversation(s, conversation_id).title = _title_from(title, MAX_TITLE)
+            self._conversation(s, conversation_id).title = title_from(title, MAX_TITLE)
 
     # -- messages ----------------------------------------------------------------------------------
 
@@ -324,7 +260,7 @@ class Store:
             s.add(msg)
             conv.updated_at = now
             if conv.title is None and role == "user" and content.strip():
-                conv.title = _title_from(content)
+                conv.title = title_from(content)
         return msg.id
 
     def finish_message(

@@ -214,3 +214,13 @@ def walk_up(thread: dict[str, Message], message_id: str) -> list[Message]:
         chain.append(thread[current])
         current = thread[current].parent_id
     return chain[::-1]
+
+
+TITLE_CHARS = 60  # default title: the first user message, cut
+MAX_TITLE = 200  # the column's width
+
+
+def title_from(content: str, limit: int = TITLE_CHARS) -> str:
+    """One line, cut with an ellipsis: a default title from the first question stays list-sized."""
+    words = " ".join(content.split())
+    return words if len(words) <= limit else words[: limit - 1].rstrip() + "…"
