@@ -56,10 +56,13 @@ def test_32_streaming_clients_no_errors_everything_stored() -> None:
     assert result["p99_latency_s"] < 30
 
 
-def test_disconnect_frees_the_slot_and_stores_the_partial_answer(tiny: Path, tmp_path: Path) -> None:
-    with live_server(tiny, tmp_path, "--name", "tiny", "--dtype", "float32") as base:
+def test_disconnect_frees_the_slot_and_stores_the_partial_answer(tmp_path: Path) -> None:
+    # A long context and a long answer: a tiny model decodes ~1,000 tokens/s, and 400 tokens could end
+    # before a busy machine delivered the disconnect (a flake seen once in a full suite run).
+    tiny = tiny_model(tmp_path / "long", max_seq_len=4096)
+    with live_server(tiny, tmp_path, "--name", "tiny", "--dtype", "float32", "--max-seq-len", "4096") as base:
         with httpx.stream(
-            "POST", f"{base}/v1/chat/completions", json=_chat(400, stream=True), timeout=60
+            "POST", f"{base}/v1/chat/completions", json=_chat(4000, stream=True), timeout=60
         ) as r:
             lines = r.iter_lines()
             first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
@@ -71,7 +74,7 @@ def test_disconnect_frees_the_slot_and_stores_the_partial_answer(tiny: Path, tmp
         assert _metric(base, "genloop_num_requests_running") == 0
         stored = httpx.get(f"{base}/v1/conversations/{first['conversation_id']}").json()
         answer = stored["messages"][-1]
-        assert answer["status"] == "cancelled" and answer["completion_tokens"] < 400
+        assert answer["status"] == "cancelled" and answer["completion_tokens"] < 4000
 
 
 def test_full_queue_answers_429_with_retry_after(tiny: Path, tmp_path: Path) -> None:
