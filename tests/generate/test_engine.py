@@ -161,6 +161,53 @@ def test_prefix_reuse_gives_the_same_text(engine: Engine) -> None:
     assert first
 
 
+def _count_prefill_forwards(engine: Engine) -> list[int]:
+    """Rows of every multi-token forward (a prefill) the engine runs from now on."""
+    rows: list[int] = []
+    inner = engine.model.hidden_states
+
+    def spy(input_ids: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if input_ids.shape[1] > 1:
+            rows.append(input_ids.shape[0])
+        return inner(input_ids, *args, **kwargs)
+
+    engine.model.hidden_states = spy  # type: ignore[method-assign]
+    return rows
+
+
+def test_a_burst_of_prompts_is_prefilled_in_one_forward(tiny_dir: Path) -> None:
+    """Short prompts that arrive together share one padded prefill (one pass, not one per request);
+    each still gets exactly the tokens it gets alone."""
+    eng = Engine(tiny_dir, max_batch=8, max_seq_len=128, prefill_chunk=256)
+    try:
+        alone = [eng.generate(p, GREEDY)[0].outputs[0].token_ids for p in PROMPTS]
+        rows = _count_prefill_forwards(eng)
+        together = [r.outputs[0].token_ids for r in eng.generate(PROMPTS, GREEDY)]
+        assert rows == [len(PROMPTS)]
+        assert together == alone
+    finally:
+        eng.close()
+
+
+def test_long_prompts_are_chunked_alone_and_groups_mix_cached_prefixes(tiny_dir: Path) -> None:
+    """A prompt over the budget is prefilled alone in chunks; prompts with a cached prefix join a group
+    with different pasts per row. Every text equals the reference greedy loop."""
+    eng = Engine(tiny_dir, max_batch=8, max_seq_len=256, prefill_chunk=48)
+    try:
+        system = " ".join(WORDS * 3)
+        eng.generate(system + " the cat", GREEDY)  # caches the shared prefix
+        prompts = [system + " a mat", "the cat sat", system + " " + system + " outside", "it rained"]
+        rows = _count_prefill_forwards(eng)
+        outs = [r.outputs[0].token_ids for r in eng.generate(prompts, GREEDY)]
+        assert eng.stats["prefix_hit_tokens"] >= 32
+        assert max(rows) > 1 and len(rows) < len(prompts) + 4  # grouped, the long one in chunks
+        for prompt, out in zip(prompts, outs, strict=True):
+            ids = eng.encode_prompt(prompt)
+            assert out == greedy_decode(eng.model, torch.tensor([ids]), 20)[0, len(ids) :].tolist()
+    finally:
+        eng.close()
+
+
 def test_stream_deltas_and_cancel(engine: Engine) -> None:
     async def collect() -> tuple[str, str | None]:
         text, reason = "", None

@@ -1,10 +1,11 @@
 """The generation engine: continuous batching over a preallocated KV cache.
 
-One background thread runs the scheduler. Each iteration it (1) admits a waiting sequence into a free
-slot, reusing any cached prefix of its prompt, (2) runs one chunk of the admitted sequence's prefill
-(chunks keep running streams from stalling behind a long prompt), and (3) runs one decode step for all
-running sequences together. Sequences join and leave between steps; callers get text deltas through a
-callback (`submit`), an async iterator (`stream`) or a blocking call (`generate`).
+One background thread runs the scheduler. Each iteration it (1) admits waiting sequences into free
+slots, reusing any cached prefix of their prompts, (2) prefills them: a group of short prompts in one
+padded forward, or one chunk of a long prompt (chunks keep running streams from stalling behind it;
+see prefill.py), and (3) runs one decode step for all running sequences together. Sequences join
+and leave between steps; callers get text deltas through a callback (`submit`), an async iterator
+(`stream`) or a blocking call (`generate`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from genloop.checkpoint.directory import load_generation_config
 from genloop.generate.kv_cache import PrefixCache, SlotCache
 from genloop.generate.loading import DTYPES, load_for_inference
 from genloop.generate.postprocessing import new_stream, prompt_text, release
+from genloop.generate.prefill import Prefill
 from genloop.generate.request import Delta, Request, RequestOutput
 from genloop.generate.request import Sequence as Seq
 from genloop.generate.sampling import Sampler, SamplingParams, make_generator
@@ -56,7 +58,7 @@ def _close_all() -> None:
         engine.close()
 
 
-class Engine(SingleRequestPaths):
+class Engine(Prefill, SingleRequestPaths):
     """Generation over one model directory (or registered name), shared by CLI, server and evaluation."""
 
     def __init__(
@@ -82,7 +84,7 @@ class Engine(SingleRequestPaths):
         self._jobs: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._closed = False
         self._waiting: deque[Seq] = deque()
-        self._slots: list[Seq] = []  # decoding sequences first, then at most one prefilling
+        self._slots: list[Seq] = []  # decoding sequences first, then those being prefilled
         self._n_decoding = 0
         # Every tensor operation runs on the engine's own thread, loading included. libgomp throttles its
         # spin-waits once a process has more OpenMP workers than cores, so a second thread with its own
@@ -317,8 +319,7 @@ class Engine(SingleRequestPaths):
             self._seq2seq_step()
             return
         self._admit()
-        if len(self._slots) > self._n_decoding:
-            self._prefill_chunk(self._slots[self._n_decoding])
+        self._prefill()
         if self._n_decoding:
             self._decode()
 
@@ -327,41 +328,6 @@ class Engine(SingleRequestPaths):
             self._waiting = deque(s for s in self._waiting if not s.request.cancelled)
         for seq in [s for s in self._slots if s.request.cancelled]:
             self._finish(seq, "cancelled", notify=False)
-
-    def _admit(self) -> None:
-        assert self.cache is not None
-        with self._cond:
-            if len(self._slots) > self._n_decoding or not self._waiting or len(self._slots) >= self.max_batch:
-                return
-            seq = self._waiting.popleft()
-            beams = seq.request.params.num_beams > 1
-            if beams:  # beam search runs on its own, outside the batch, for all n of the request
-                self._waiting = deque(s for s in self._waiting if s.request is not seq.request)
-        if beams:
-            self._beam_search(seq.request)
-            return
-        seq.slot = len(self._slots)
-        self._slots.append(seq)
-        self.cache.lengths[seq.slot] = 0
-        hit, k, v = self.prefix.lookup(seq.prompt)
-        if hit and k is not None and v is not None:
-            self.cache.write_prefix(seq.slot, k, v)
-            seq.prefilled = hit
-            self.stats["prefix_hit_tokens"] += hit
-
-    def _prefill_chunk(self, seq: Seq) -> None:
-        assert self.cache is not None
-        chunk = self.prefill_chunk if not self._n_decoding else max(64, self.prefill_chunk // 4)
-        todo = seq.prompt[seq.prefilled : seq.prefilled + chunk]
-        view = self.cache.view(seq.slot, seq.slot + 1, len(todo))
-        logits = self.model(torch.tensor([todo]), cache=view, logits_to_keep=1)[:, -1]
-        view.commit()
-        seq.prefilled += len(todo)
-        if seq.prefilled < len(seq.prompt):
-            return
-        self.prefix.store(seq.prompt, self.cache, seq.slot)
-        self._n_decoding += 1  # it sits right after the decoding ones: now it is one of them
-        self._sample([seq], logits)
 
     def _decode(self) -> None:
         assert self.cache is not None

@@ -1,0 +1,121 @@
+"""Admission and prefill for the engine's continuous batch. A mixin of `Engine`.
+
+Waiting sequences are admitted in groups: as many whole prompts as fit one prefill budget run as one
+right-padded forward, so a burst of requests costs one compute-bound pass rather than one small pass
+per request with a growing decode batch beside each (32 chat prompts at once: one forward instead of
+32 steps). A prompt longer than the budget is admitted alone and prefilled in chunks, one chunk per
+step, so running streams keep decoding meanwhile.
+
+Invariant (kept by `Engine._finish`): slots 0.._n_decoding-1 decode; after them sits at most one
+sequence whose chunked prefill spans steps. A group never outlives its step: it becomes decoding
+before anything can finish.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from genloop.generate.kv_cache import PrefixCache, SlotCache
+    from genloop.generate.request import Request
+    from genloop.generate.request import Sequence as Seq
+
+
+class Prefill:
+    model: Any
+    cache: SlotCache | None
+    prefix: PrefixCache
+    stats: dict[str, int]
+    max_batch: int
+    prefill_chunk: int
+    _cond: Any
+    _waiting: deque[Seq]
+    _slots: list[Seq]
+    _n_decoding: int
+    # provided by Engine and SingleRequestPaths (annotations only: a stub here would shadow them)
+    _beam_search: Callable[[Request], None]
+    _sample: Callable[[list[Seq], torch.Tensor], None]
+
+    def _budget(self) -> int:
+        """Prompt tokens one step may prefill: less while streams decode, so they are not starved."""
+        return self.prefill_chunk if not self._n_decoding else max(64, self.prefill_chunk // 4)
+
+    def _admit(self) -> None:
+        """Move waiting sequences into free slots: one (beam search, or a prompt over the budget) or a
+        group of whole prompts that fit the budget together."""
+        assert self.cache is not None
+        budget, tokens = self._budget(), 0
+        while True:
+            with self._cond:
+                if len(self._slots) > self._n_decoding and tokens == 0:
+                    return  # a chunked prefill is in progress
+                if not self._waiting or len(self._slots) >= self.max_batch:
+                    return
+                seq = self._waiting[0]
+                beams = seq.request.params.num_beams > 1
+                if tokens and (beams or tokens + len(seq.prompt) > budget):
+                    return
+                self._waiting.popleft()
+                if beams:  # beam search runs on its own, outside the batch, for all n of the request
+                    self._waiting = deque(s for s in self._waiting if s.request is not seq.request)
+            if beams:
+                self._beam_search(seq.request)
+                return
+            seq.slot = len(self._slots)
+            self._slots.append(seq)
+            self.cache.lengths[seq.slot] = 0
+            hit, k, v = self.prefix.lookup(seq.prompt)
+            if hit and k is not None and v is not None:
+                self.cache.write_prefix(seq.slot, k, v)
+                seq.prefilled = hit
+                self.stats["prefix_hit_tokens"] += hit
+            tokens += len(seq.prompt) - seq.prefilled
+            if tokens > budget:  # alone and over the budget: chunked
+                return
+
+    def _prefill(self) -> None:
+        pending = self._slots[self._n_decoding :]
+        if len(pending) > 1:
+            self._prefill_group(pending)
+        elif pending:
+            self._prefill_chunk(pending[0])
+
+    def _prefill_chunk(self, seq: Seq) -> None:
+        assert self.cache is not None
+        todo = seq.prompt[seq.prefilled : seq.prefilled + self._budget()]
+        view = self.cache.view(seq.slot, seq.slot + 1, len(todo))
+        logits = self.model(torch.tensor([todo]), cache=view, logits_to_keep=1)[:, -1]
+        view.commit()
+        seq.prefilled += len(todo)
+        if seq.prefilled < len(seq.prompt):
+            return
+        self._start_decoding([seq], logits)
+
+    def _prefill_group(self, seqs: list[Seq]) -> None:
+        """Whole prompts (after any cached prefix) in one right-padded forward. A row's padding writes
+        K/V past its length: never attended (each key is masked beyond the row's own position) and
+        overwritten by its next tokens. The head runs on each row's last real position only."""
+        assert self.cache is not None
+        todo = [s.prompt[s.prefilled :] for s in seqs]
+        width = max(map(len, todo))
+        ids = torch.tensor([t + [0] * (width - len(t)) for t in todo])
+        start = seqs[0].slot
+        view = self.cache.view(start, start + len(seqs), width)
+        hidden = self.model.hidden_states(ids, cache=view)
+        last = torch.tensor([len(t) - 1 for t in todo])
+        logits = self.model.lm_head(hidden[torch.arange(len(seqs)), last])
+        for seq, t in zip(seqs, todo, strict=True):
+            self.cache.lengths[seq.slot] = seq.prefilled + len(t)
+            seq.prefilled = len(seq.prompt)
+        self._start_decoding(seqs, logits)
+
+    def _start_decoding(self, seqs: list[Seq], logits: torch.Tensor) -> None:
+        """Prefilled sequences sit right after the decoding ones: they become decoding ones."""
+        for seq in seqs:
+            self.prefix.store(seq.prompt, self.cache, seq.slot)  # type: ignore[arg-type]
+        self._n_decoding += len(seqs)
+        self._sample(seqs, logits)
