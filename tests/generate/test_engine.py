@@ -175,6 +175,15 @@ def _count_prefill_forwards(engine: Engine) -> list[int]:
     return rows
 
 
+def _submit_at_once(engine: Engine, prompts: list[str]) -> list[list[int]]:
+    """All prompts are waiting before the engine thread looks (it takes the same lock to admit)."""
+    with engine._cond:
+        requests = [engine.submit(p, GREEDY) for p in prompts]
+    for r in requests:
+        r.done.wait()
+    return [r.output().outputs[0].token_ids for r in requests]
+
+
 def test_a_burst_of_prompts_is_prefilled_in_one_forward(tiny_dir: Path) -> None:
     """Short prompts that arrive together share one padded prefill (one pass, not one per request);
     each still gets exactly the tokens it gets alone."""
@@ -182,7 +191,7 @@ def test_a_burst_of_prompts_is_prefilled_in_one_forward(tiny_dir: Path) -> None:
     try:
         alone = [eng.generate(p, GREEDY)[0].outputs[0].token_ids for p in PROMPTS]
         rows = _count_prefill_forwards(eng)
-        together = [r.outputs[0].token_ids for r in eng.generate(PROMPTS, GREEDY)]
+        together = _submit_at_once(eng, PROMPTS)
         assert rows == [len(PROMPTS)]
         assert together == alone
     finally:
@@ -198,7 +207,7 @@ def test_long_prompts_are_chunked_alone_and_groups_mix_cached_prefixes(tiny_dir:
         eng.generate(system + " the cat", GREEDY)  # caches the shared prefix
         prompts = [system + " a mat", "the cat sat", system + " " + system + " outside", "it rained"]
         rows = _count_prefill_forwards(eng)
-        outs = [r.outputs[0].token_ids for r in eng.generate(prompts, GREEDY)]
+        outs = _submit_at_once(eng, prompts)
         assert eng.stats["prefix_hit_tokens"] >= 32
         assert max(rows) > 1 and len(rows) < len(prompts) + 4  # grouped, the long one in chunks
         for prompt, out in zip(prompts, outs, strict=True):

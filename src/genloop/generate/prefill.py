@@ -3,8 +3,11 @@
 Waiting sequences are admitted in groups: as many whole prompts as fit one prefill budget run as one
 right-padded forward, so a burst of requests costs one compute-bound pass rather than one small pass
 per request with a growing decode batch beside each (32 chat prompts at once: one forward instead of
-32 steps). A prompt longer than the budget is admitted alone and prefilled in chunks, one chunk per
-step, so running streams keep decoding meanwhile.
+32 steps). A prompt longer than the budget, or than GROUP_MAX_TOKENS, is admitted alone and
+prefilled in chunks, one chunk per step, so running streams keep decoding meanwhile. Groups stay
+narrow so that a row's padded width never crosses the point where quantized layers change kernels
+(DENSE_TOKENS, 256): a prompt then takes the same arithmetic alone or grouped, and its text does not
+depend on its company.
 
 Invariant (kept by `Engine._finish`): slots 0.._n_decoding-1 decode; after them sits at most one
 sequence whose chunked prefill spans steps. A group never outlives its step: it becomes decoding
@@ -18,6 +21,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+GROUP_MAX_TOKENS = 128  # longer prompts are prefilled alone
 
 if TYPE_CHECKING:
     from genloop.generate.kv_cache import PrefixCache, SlotCache
@@ -57,7 +62,8 @@ class Prefill:
                     return
                 seq = self._waiting[0]
                 beams = seq.request.params.num_beams > 1
-                if tokens and (beams or tokens + len(seq.prompt) > budget):
+                alone = beams or len(seq.prompt) > GROUP_MAX_TOKENS
+                if tokens and (alone or tokens + len(seq.prompt) > budget):
                     return
                 self._waiting.popleft()
                 if beams:  # beam search runs on its own, outside the batch, for all n of the request
@@ -74,7 +80,7 @@ class Prefill:
                 seq.prefilled = hit
                 self.stats["prefix_hit_tokens"] += hit
             tokens += len(seq.prompt) - seq.prefilled
-            if tokens > budget:  # alone and over the budget: chunked
+            if alone or tokens > budget:  # alone: chunked
                 return
 
     def _prefill(self) -> None:

@@ -15,14 +15,15 @@ Kernels (torch 2.13, CPU):
   with w = (q - 8) * scale + zero per group of G along K; G in {32, 64, 128, 256}, K % G == 0,
   N % 16 == 0, scales_and_zeros in x's dtype.
 
-Many rows at once (prefill) are compute-bound, and there both kernels lose to a dense matmul, so
-the layers multiply dequantized weights instead. Where the CPU has native bf16 (AVX512-BF16/AMX)
-that copy is bf16, made on first use and kept (2 bytes a weight: for SmolLM2 270 MB next to int4's
-70), and every prompt (more than one new token per sequence) takes it; decoding (one new token per
-sequence) always takes the kernel, however many sequences, so a sequence's numbers do not depend on
-its batch (a dense matmul would be ~1.6x faster at 32 rows, but rounds differently from the kernel,
-and batched greedy must equal greedy alone). Without native bf16 the copy would be fp32: it is made
-per call, and only for inputs of many rows, as before.
+Long prompts are compute-bound, and there both kernels lose to a dense matmul, so the layers
+multiply dequantized weights instead. Where the CPU has native bf16 (AVX512-BF16/AMX) that copy is
+bf16, made on first use and kept (2 bytes a weight: for SmolLM2 270 MB next to int4's 70), and the
+choice goes by new tokens per sequence, never by batch size: DENSE_TOKENS or more take the copy,
+decoding and short prompts take the kernel however many sequences run, so a sequence's numbers do
+not depend on its batch (a dense matmul would be ~1.6x faster at 32 decoding rows, but it rounds
+differently, and that flips near-ties: SmolLM2's first answer token to "What is the capital of
+France?" is 'The' on the kernel, 'L' on the dense path). Without native bf16 the copy would be
+fp32: it is made per call, and only for inputs of many rows, as before.
 
 The output head (49k x 576 for SmolLM2, a fifth of a step's FLOPs) multiplies int8 by int8 where
 the CPU has VNNI: each row of activations quantized to int8 with its own scale (so rows stay
@@ -61,6 +62,7 @@ KEEP_DENSE = DENSE_DTYPE is torch.bfloat16  # keep the dequantized copy (see the
 # Without native bf16: row counts from which dequantize + dense matmul beats the kernel (2-core AVX2).
 DENSE_ROWS_INT8 = 32
 DENSE_ROWS_INT4 = 256
+DENSE_TOKENS = 256  # with native bf16: new tokens per sequence from which the kept copy is used
 
 
 def _op(name: str) -> Any:
@@ -84,10 +86,10 @@ def _row_chunks(n: int) -> list[slice]:
 
 
 def _kernel_rows(x: Tensor, rows: int, dense_rows: int) -> bool:
-    """Whether x ([..., T, K]) goes to the kernel: one new token per sequence where a dense copy is
-    kept (see the module docstring), else fewer rows than `dense_rows`."""
+    """Whether x ([..., T, K]) goes to the kernel: fewer than DENSE_TOKENS new tokens per sequence
+    where a dense copy is kept (see the module docstring), else fewer rows than `dense_rows`."""
     if KEEP_DENSE:
-        return x.dim() < 3 or x.shape[-2] == 1
+        return x.dim() < 3 or x.shape[-2] < DENSE_TOKENS
     return rows < dense_rows
 
 
