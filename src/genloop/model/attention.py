@@ -76,6 +76,9 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, self.n_kv * self.head_dim, bias=cfg.qkv_bias)
         self.o = nn.Linear(self.n_heads * self.head_dim, d, bias=cfg.out_bias)
         self.dropout = cfg.dropout
+        # q, k and v as one layer (genloop.model.fuse, quantized inference); then q/k/v are gone
+        self.qkv: nn.Module | None = None
+        self.qkv_sizes: list[int] = []
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         b, t, _ = x.shape
@@ -92,10 +95,16 @@ class Attention(nn.Module):
         cache: KVCache | None = None,
     ) -> Tensor:
         """x [B, T, d]; mask bool [B, 1, T, S] (True = may attend); context: encoder states for cross."""
-        q = self._heads(self.q(x), self.n_heads)
-        kv = self._cross_kv(context, cache) if self.is_cross else None
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split(self.qkv_sizes, dim=-1)
+            q, k, v = self._heads(q, self.n_heads), self._heads(k, self.n_kv), self._heads(v, self.n_kv)
+            kv = None
+        else:
+            q = self._heads(self.q(x), self.n_heads)
+            kv = self._cross_kv(context, cache) if self.is_cross else None
         if kv is None:
-            k, v = self._heads(self.k(x), self.n_kv), self._heads(self.v(x), self.n_kv)
+            if self.qkv is None:
+                k, v = self._heads(self.k(x), self.n_kv), self._heads(self.v(x), self.n_kv)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:

@@ -83,8 +83,12 @@ class MLP(nn.Module):
             self.up = nn.Linear(d, f, bias=bias)
             self.down = nn.Linear(f, d, bias=bias)
         self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
+        self.gate_up: nn.Module | None = None  # gate and up as one layer (genloop.model.fuse)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.gate_up is not None:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
         if self.kind == "swiglu":
             return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.up(x), approximate=self.approximate))
