@@ -285,6 +285,23 @@ def test_garbage_in_unused_cache_memory_cannot_leak(engine: Engine) -> None:
     assert together == alone
 
 
+def test_a_failing_beam_search_fails_its_request_not_the_caller(tiny_dir: Path) -> None:
+    """Beam search runs outside the batch; an error there must reach its caller, not leave it waiting."""
+    eng = Engine(tiny_dir, max_batch=4, max_seq_len=128)
+    try:
+
+        def broken(request: object) -> None:
+            raise RuntimeError("beam search broke")
+
+        eng._beam_search = broken  # type: ignore[method-assign]
+        request = eng.submit("the cat", SamplingParams(temperature=0.0, num_beams=2, max_tokens=4))
+        assert request.done.wait(timeout=30)
+        assert isinstance(request.error, RuntimeError)
+        assert eng.generate("the cat", GREEDY)[0].outputs[0].token_ids  # the engine goes on
+    finally:
+        eng.close()
+
+
 def test_beam_search_through_the_engine(engine: Engine) -> None:
     from genloop.generate import beam_search
 

@@ -309,11 +309,14 @@ class Engine(Prefill, SingleRequestPaths):
             self._waiting.clear()
             self._n_decoding = 0
         for request in {id(s.request): s.request for s in seqs}.values():
-            request.error = exc
-            request.done.set()
-            if request.on_error is not None:
-                with contextlib.suppress(Exception):  # a consumer that is gone must not stop the engine
-                    request.on_error(exc)
+            self._fail_request(request, exc)
+
+    def _fail_request(self, request: Request, exc: BaseException) -> None:
+        request.error = exc
+        request.done.set()
+        if request.on_error is not None:
+            with contextlib.suppress(Exception):  # a consumer that is gone must not stop the engine
+                request.on_error(exc)
 
     def _step(self) -> None:
         self._drop_cancelled()

@@ -44,6 +44,7 @@ class Prefill:
     # provided by Engine and SingleRequestPaths (annotations only: a stub here would shadow them)
     _beam_search: Callable[[Request], None]
     _sample: Callable[[list[Seq], torch.Tensor], None]
+    _fail_request: Callable[[Request, BaseException], None]
 
     def _budget(self) -> int:
         """Prompt tokens one step may prefill: less while streams decode, so they are not starved."""
@@ -69,7 +70,10 @@ class Prefill:
                 if beams:  # beam search runs on its own, outside the batch, for all n of the request
                     self._waiting = deque(s for s in self._waiting if s.request is not seq.request)
             if beams:
-                self._beam_search(seq.request)
+                try:
+                    self._beam_search(seq.request)
+                except Exception as exc:  # its sequences sit in no slot: _fail_all would not reach them
+                    self._fail_request(seq.request, exc)
                 return
             seq.slot = len(self._slots)
             self._slots.append(seq)
