@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from genloop.model import DynamicCache, build_model, preset
+from genloop.model import build_model, preset
 from genloop.model.fuse import fuse, fuse_projections
 from genloop.model.quantize import Int4Linear, Int8Linear, quantize_model
+from tests.model.test_quantize import cached_steps
 
 
 def _parts(mode: str, widths: tuple[int, ...], k: int = 576) -> list[nn.Module]:
@@ -44,17 +45,9 @@ def test_a_fused_model_computes_exactly_what_it_did(mode: str) -> None:
     model = quantize_model(build_model(preset("tiny")).eval(), mode)
     ids = torch.randint(0, 512, (3, 16))
     with torch.no_grad():
-        before = model(ids)
-        cache = DynamicCache()
-        steps_before = [model(ids[:, :9], cache=cache)] + [
-            model(ids[:, i : i + 1], cache=cache) for i in range(9, 16)
-        ]
+        before, steps_before = model(ids), cached_steps(model, ids)
         assert fuse_projections(model) == 2 * model.config.n_layers
-        after = model(ids)
-        cache = DynamicCache()
-        steps_after = [model(ids[:, :9], cache=cache)] + [
-            model(ids[:, i : i + 1], cache=cache) for i in range(9, 16)
-        ]
+        after, steps_after = model(ids), cached_steps(model, ids)
     block = model.decoder.blocks[0]
     assert block.attn.qkv is not None and block.mlp.gate_up is not None
     assert not hasattr(block.attn, "q") and not hasattr(block.mlp, "gate")

@@ -139,6 +139,13 @@ def test_quantize_model_replaces_every_linear_and_unties_the_head(mode: str) -> 
     assert (after - before).norm() / before.norm() < (0.02 if mode == "int8" else 0.15)
 
 
+def cached_steps(model: nn.Module, ids: torch.Tensor, prefix: int = 9) -> list[torch.Tensor]:
+    """Logits of a prefill of `prefix` tokens, then one token at a time, through a DynamicCache."""
+    cache = DynamicCache()
+    first = [model(ids[:, :prefix], cache=cache)]
+    return first + [model(ids[:, i : i + 1], cache=cache) for i in range(prefix, ids.shape[1])]
+
+
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantized_model_decodes_with_a_kv_cache(mode: str) -> None:
     torch.manual_seed(0)
@@ -146,10 +153,7 @@ def test_quantized_model_decodes_with_a_kv_cache(mode: str) -> None:
     ids = torch.randint(0, 512, (3, 16))
     with torch.no_grad():
         full = model(ids)
-        cache = DynamicCache()
-        steps = [model(ids[:, :9], cache=cache)] + [
-            model(ids[:, i : i + 1], cache=cache) for i in range(9, 16)
-        ]
+        steps = cached_steps(model, ids)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-2, rtol=2e-2)
     out = greedy_decode(model, ids[:, :5], 6)
     assert out.shape == (3, 11)
