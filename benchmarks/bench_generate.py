@@ -3,6 +3,9 @@
 
     .venv/bin/python benchmarks/bench_generate.py [--dtypes float32,bfloat16,int8,int4] [--quick]
 
+A dtype with "+compile" (e.g. --dtypes int4,int4+compile) runs the engine with its decode step
+compiled (Engine(compile=True)); compile time is spent in the warm-up, outside the figures.
+
 Measures batch-1 decode tok/s, prefill tok/s for 512 tokens, time to first token (short chat prompt),
 aggregate tok/s at 1, 8 and 32 concurrent requests (through the scheduler for genloop, one padded
 batch for transformers) and peak RSS; prints ratios against transformers fp32 and writes
@@ -48,7 +51,13 @@ def _prompt_ids(engine: Engine, n: int) -> list[int]:
 
 
 def bench_engine(
-    path: Path, dtype: str, repeats: int, concurrency: list[int], new_tokens: int, post: bool = False
+    path: Path,
+    dtype: str,
+    repeats: int,
+    concurrency: list[int],
+    new_tokens: int,
+    post: bool = False,
+    compile: bool = False,
 ) -> dict[str, Any]:
     pipeline = load_postprocess(None) if post else None
     engine = Engine(
@@ -58,10 +67,14 @@ def bench_engine(
         max_seq_len=1024,
         prefix_cache_tokens=0,
         postprocess=pipeline,
+        compile=compile,
     )
     chat = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
     greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
-    engine.generate(chat, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))  # warm-up
+    warm = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    engine.generate(chat, warm)  # warm-up; with compile, also the one-row and many-row graphs
+    if compile:
+        engine.generate([chat, chat], warm)
 
     def decode_rate() -> float:
         stamps: list[float] = []
@@ -167,15 +180,20 @@ def _run_one(name: str, repeats: int, concurrency: list[int], new_tokens: int) -
     if name == "transformers_float32":
         result = bench_transformers(path, repeats, concurrency, new_tokens)
     else:
-        dtype, _, post = name.removeprefix("genloop_").partition("+")
-        result = bench_engine(path, dtype, repeats, concurrency, new_tokens, post=post == "post")
+        dtype, *options = name.removeprefix("genloop_").split("+")
+        flags = {"post": "post" in options, "compile": "compile" in options}
+        result = bench_engine(path, dtype, repeats, concurrency, new_tokens, **flags)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtypes", default="float32,bfloat16,int8,int4", help="genloop dtypes to measure")
+    ap.add_argument(
+        "--dtypes",
+        default="float32,bfloat16,int8,int4,int4+compile",
+        help="genloop dtypes to measure; DTYPE+compile compiles the decode step",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="repetitions per figure (median)")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens per batch-1 decode measurement")
     ap.add_argument("--quick", action="store_true", help="1 repeat, concurrency 1 and 8 only")

@@ -46,6 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="weights: auto (int4 on CPU, the fastest measured here; the default), float32, bfloat16, int8, "
         "int4",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="run each decode step as one torch.compile graph: faster decoding after a compile of "
+        "about a minute per batch shape on first use (cached on disk under GENLOOP_HOME)",
+    )
     p.add_argument("--db", metavar="URL", help="store: an SQLAlchemy URL or an SQLite file path")
     p.add_argument(
         "--no-store",
@@ -93,6 +100,7 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         "api_keys": args.api_key,
         "name": args.name,
         "dtype": args.dtype,
+        "compile": args.compile,
         "db": args.db,
         "store": False if args.no_store else None,
         "max_batch": args.max_batch,
@@ -129,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=cfg.max_queue,
         max_batch=cfg.max_batch,
         max_seq_len=cfg.max_seq_len,
+        compile=cfg.compile,
         limits=cfg.limits,
         postprocess=cfg.postprocess,
     )

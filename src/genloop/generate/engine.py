@@ -72,8 +72,11 @@ class Engine(Prefill, SingleRequestPaths):
         prefill_chunk: int = 512,
         prefix_cache_tokens: int = 16384,
         postprocess: Pipeline | None = None,
+        compile: bool = False,
     ) -> None:
         self.path = resolve(model)
+        self.compile = compile  # the decode step as one torch.compile graph (generate/compiled.py)
+        self._compiled: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
         # Applied to every completion's text, streamed or not (genloop.postprocess); None: raw text, as
         # evaluation and training rollouts need it.
         self.postprocess = postprocess if postprocess is not None and not postprocess.is_noop() else None
@@ -272,6 +275,12 @@ class Engine(Prefill, SingleRequestPaths):
                 if isinstance(model, DecoderLM)
                 else None
             )
+            if self.compile and self.cache is not None:
+                from genloop.generate.compiled import CompiledDecode
+
+                self._compiled = CompiledDecode(model, self.cache)
+                with torch.inference_mode():
+                    self._compiled.warm_up()
         except BaseException as exc:
             loaded.set_exception(exc)
             return
@@ -342,7 +351,10 @@ class Engine(Prefill, SingleRequestPaths):
             return
         ids = torch.tensor([[s.tokens[-1]] for s in seqs])
         view = self.cache.view(0, len(seqs), 1)
-        logits = self.model(ids, cache=view, logits_to_keep=1)[:, -1]
+        if self._compiled is not None:
+            logits = self._compiled(ids, view)
+        else:
+            logits = self.model(ids, cache=view, logits_to_keep=1)[:, -1]
         view.commit()
         self._sample(seqs, logits)
 

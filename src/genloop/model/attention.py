@@ -2,7 +2,8 @@
 and multi-query (`n_kv_heads`), computed by `scaled_dot_product_attention`.
 
 A KV cache is anything with `update(layer, k, v) -> (k_all, v_all)`; the generation engine brings its
-own preallocated one, tests use `DynamicCache`. Masks are built once per forward by the model, here
+own preallocated one, tests use `DynamicCache`. A cache with `attend(layer, q, k, v)` computes the
+attention itself (generate/compiled.py). Masks are built once per forward by the model, here
 they are only applied.
 """
 
@@ -107,6 +108,9 @@ class Attention(nn.Module):
                 k, v = self._heads(self.k(x), self.n_kv), self._heads(self.v(x), self.n_kv)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            attend = getattr(cache, "attend", None)
+            if attend is not None:  # a cache that attends itself (the compiled decode step)
+                return self._project(attend(self.layer, q, k, v))
             if cache is not None:
                 k, v = cache.update(self.layer, k, v)
         else:
@@ -123,6 +127,10 @@ class Attention(nn.Module):
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_kv != self.n_heads,
             )
+        return self._project(out)
+
+    def _project(self, out: Tensor) -> Tensor:
+        """[B, H, T, d] heads -> [B, T, d_model] through the output projection."""
         b, _, t, _ = out.shape
         return self.o(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 

@@ -49,6 +49,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=0, le=65535)
     name: str | None = Field(None, description="model name clients use (default: the directory name)")
     dtype: Literal["auto", "float32", "bfloat16", "int8", "int4"] = "auto"
+    compile: bool = Field(False, description="each decode step as one torch.compile graph")
     db: str | None = Field(None, description="store: an SQLAlchemy URL or an SQLite file path")
     store: bool = Field(True, description="false keeps no conversations, feedback or filter events")
     api_keys: list[str] = Field(default_factory=list, description="keys clients must send (empty: open)")
