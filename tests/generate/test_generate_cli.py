@@ -19,6 +19,17 @@ def test_generate_prints_exactly_the_completion(tiny_dir) -> None:  # noqa: F811
     assert r.stderr == ""
 
 
+@pytest.mark.slow  # compiles the decode step: ~20 s
+def test_generate_with_compile_prints_the_eager_completion(tiny_dir) -> None:  # noqa: F811
+    engine = Engine(tiny_dir, max_seq_len=128)
+    expected = engine.generate("the cat sat", SamplingParams(temperature=0.0, max_tokens=12))[0].text
+    engine.close()
+    r = run_genloop("generate", tiny_dir, "the cat sat", "--max-tokens", "12", "--compile", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == expected
+    assert r.stderr == ""
+
+
 def test_generate_seeded_sampling_repeats(tiny_dir, cli) -> None:  # noqa: F811
     args = ("generate", tiny_dir, "the cat", "--temperature", "1.0", "--seed", "3", "--max-tokens", "15")
     assert cli(*args)[1] == cli(*args)[1]
