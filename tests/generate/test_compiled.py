@@ -1,6 +1,6 @@
 """The compiled decode step (Engine(compile=True)) against the eager engine on a tiny model: the same
-greedy tokens and log-probs, batched equal to alone, rows at different context lengths, the cache
-written as the eager step writes it."""
+greedy tokens and log-probs, batched equal to alone; one step over rows at different context lengths
+writes the cache as the eager step does."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from genloop.generate import Engine, SamplingParams
+from genloop.generate.compiled import CompiledDecode
+from genloop.generate.kv_cache import SlotCache
+from genloop.generate.loading import load_for_inference
 from tests.generate.test_engine import PROMPTS, tiny_dir  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow  # each engine compiles its step: ~10-20 s here
@@ -22,13 +25,11 @@ def test_compiled_decode_matches_the_eager_engine(tiny_dir: Path, dtype: str) ->
     eager = Engine(tiny_dir, dtype=dtype, max_batch=8, max_seq_len=128)
     try:
         reference = eager.generate(PROMPTS, GREEDY)
-        eager_cache = eager.cache.k[:, : len(PROMPTS), :, : eager.cache.clean].clone()
     finally:
         eager.close()
     compiled = Engine(tiny_dir, dtype=dtype, max_batch=8, max_seq_len=128, compile=True)
     try:
         batched = compiled.generate(PROMPTS, GREEDY)
-        compiled_cache = compiled.cache.k[:, : len(PROMPTS), :, : compiled.cache.clean].clone()
         alone = [compiled.generate(p, GREEDY)[0] for p in PROMPTS]
     finally:
         compiled.close()
@@ -38,9 +39,31 @@ def test_compiled_decode_matches_the_eager_engine(tiny_dir: Path, dtype: str) ->
         assert one.outputs[0].token_ids == out.outputs[0].token_ids
         diffs = [abs(a - b) for a, b in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, strict=True)]
         assert max(diffs) < tolerance
-    # the keys the steps wrote, prompt and generated positions alike, slot by slot (sorted: the two
-    # engines need not free slots in the same order)
-    assert compiled_cache.shape == eager_cache.shape
-    ref_rows = sorted(eager_cache.transpose(0, 1).flatten(1).tolist())
-    out_rows = sorted(compiled_cache.transpose(0, 1).flatten(1).tolist())
-    assert torch.allclose(torch.tensor(out_rows), torch.tensor(ref_rows), atol=tolerance)
+
+
+def test_one_compiled_step_writes_the_cache_as_the_eager_step(tiny_dir: Path) -> None:  # noqa: F811
+    model = load_for_inference(tiny_dir, "float32")
+    eager, compiled = (SlotCache(model.config, 4, 64, torch.float32) for _ in range(2))
+    torch.manual_seed(0)
+    eager.k[:, :, :, :20].normal_()
+    eager.v[:, :, :, :20].normal_()
+    compiled.k.copy_(eager.k)
+    compiled.v.copy_(eager.v)
+    for cache in (eager, compiled):
+        cache.clean = 20  # the random history counts as written
+        cache.lengths[:3] = [5, 9, 12]
+    before = compiled.k.clone()
+    ids = torch.tensor([[3], [7], [11]])
+    with torch.inference_mode():
+        view = eager.view(0, 3, 1)
+        reference = model(ids, cache=view, logits_to_keep=1)[:, -1]
+        view.commit()
+        view = compiled.view(0, 3, 1)
+        logits = CompiledDecode(model, compiled)(ids, view)
+        view.commit()
+    assert torch.allclose(logits, reference, atol=1e-5)
+    assert compiled.lengths == eager.lengths == [6, 10, 13, 0]
+    assert torch.allclose(compiled.k[:, :, :, :20], eager.k[:, :, :, :20], atol=1e-5)
+    assert torch.allclose(compiled.v[:, :, :, :20], eager.v[:, :, :, :20], atol=1e-5)
+    for row, position in enumerate([5, 9, 12]):  # each row's new key went to its own position
+        assert not torch.equal(compiled.k[:, row, :, position], before[:, row, :, position])
