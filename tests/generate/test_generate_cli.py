@@ -30,6 +30,14 @@ def test_generate_with_compile_prints_the_eager_completion(tiny_dir) -> None:  #
     assert r.stderr == ""
 
 
+def test_compile_without_a_cxx_compiler_exits_2(tiny_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # nothing cached to reuse
+    r = run_genloop("generate", tiny_dir, "the cat", "--max-tokens", "4", "--compile", timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    assert_one_line_error(r.stderr, "C++ compiler", "--compile")
+
+
 def test_generate_seeded_sampling_repeats(tiny_dir, cli) -> None:  # noqa: F811
     args = ("generate", tiny_dir, "the cat", "--temperature", "1.0", "--seed", "3", "--max-tokens", "15")
     assert cli(*args)[1] == cli(*args)[1]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,7 +82,6 @@ def test_gqa_and_mqa_shapes_and_stats() -> None:
 @pytest.mark.slow
 def test_seq2seq_learns_to_reverse_sequences() -> None:
     """Bidirectional encoder + cross-attending decoder: reverse random 8-token sequences, 100% exact."""
-    start = time.perf_counter()
     torch.manual_seed(0)
     vocab, length, bos = 24, 8, 1
     cfg = preset(
@@ -119,7 +116,6 @@ def test_seq2seq_learns_to_reverse_sequences() -> None:
     pred = greedy_seq2seq(model, src, length)
     exact = (pred == tgt).all(dim=1).float().mean().item()
     assert exact == 1.0, f"exact match {exact:.3f}, last loss {loss.item():.4f}"
-    assert time.perf_counter() - start < 120
 
 
 def test_encoder_learns_toy_classification() -> None:

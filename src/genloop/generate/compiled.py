@@ -96,7 +96,14 @@ class CompiledDecode:
             ids = torch.zeros(rows, 1, dtype=torch.long)
             past = torch.full((rows,), 2, dtype=torch.long)
             seen = torch.ones(rows, 2, dtype=torch.bool)
-            self._graph(ids, past, seen, self.cache.k, self.cache.v)
+            try:
+                self._graph(ids, past, seen, self.cache.k, self.cache.v)
+            except Exception as exc:  # inductor needs a working C++ compiler; say so in one line
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ValueError(
+                    f"torch.compile could not build the decode step ({type(exc).__name__}: {first[:200]}); "
+                    "it needs a working C++ compiler (g++): install one, or run without --compile"
+                ) from exc
 
     def __call__(self, ids: Tensor, view: CacheView) -> Tensor:
         """Logits [B, vocab] of the next token; the step's keys/values are written to the cache."""
