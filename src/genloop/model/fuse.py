@@ -14,7 +14,7 @@ from torch import nn
 
 from genloop.model.attention import Attention
 from genloop.model.layers import MLP
-from genloop.model.quantize import INT4_LAYOUT, Int4Linear, Int8Linear, _int4_pack
+from genloop.model.quantize import Int4Linear, Int8Linear, _int4_pack, int4_layout
 
 Fused = nn.Linear | Int8Linear | Int4Linear
 
@@ -28,7 +28,7 @@ def _fusable(parts: list[nn.Module]) -> bool:
     if type(first) is nn.Linear:
         return all(p.weight.dtype == first.weight.dtype for p in parts)
     if isinstance(first, Int4Linear):
-        readable = not first.use_kernel or INT4_LAYOUT is not None  # codes() must read the packing back
+        readable = not first.use_kernel or int4_layout() is not None  # codes() must read the packing back
         return readable and all(
             p.group_size == first.group_size and p.use_kernel == first.use_kernel for p in parts
         )

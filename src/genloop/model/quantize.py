@@ -35,6 +35,7 @@ agreement with fp32 (89%), 3.5 with SmoothQuant scaling.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import torch
@@ -247,6 +248,8 @@ class Int4Linear(_KernelDtypes):
             raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         self.use_kernel = HAS_INT4_KERNEL and out_features % 16 == 0 and in_features % group_size == 0
+        # packed codes can be read back (a dense copy for long inputs) only in a packing we know
+        self.readable = int4_layout() is not None
         k_pad = -(-in_features // group_size) * group_size
         self.register_buffer("weight", torch.zeros(out_features, k_pad // 2, dtype=torch.uint8))
         # [K/G, N, 2]: the kernel's layout, kept for the fallback too so there is one format
@@ -296,7 +299,7 @@ class Int4Linear(_KernelDtypes):
     def forward(self, x: Tensor) -> Tensor:
         shape = (*x.shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features)
-        kernel = INT4_LAYOUT is None or _kernel_rows(x, x2.shape[0], DENSE_ROWS_INT4)
+        kernel = not self.readable or _kernel_rows(x, x2.shape[0], DENSE_ROWS_INT4)
         if kernel and self.use_kernel and x.is_cpu:
             y = _int4_mm(_kernel_input(x2), self.weight, self.group_size, self.scales_and_zeros)
         elif x.is_cpu:
@@ -331,7 +334,7 @@ def _unpack_block(blk: Tensor, halves: bool) -> Tensor:
 
 def unpack_int4(packed: Tensor, n: int, layout: Layout | None = None) -> Tensor:
     """Codes uint8 [N, K] back from `_convert_weight_to_int4pack_for_cpu`'s packing."""
-    block_n, halves = layout or INT4_LAYOUT or (0, False)
+    block_n, halves = layout or int4_layout() or (0, False)
     if not block_n:
         raise RuntimeError("the CPU int4 packing of this torch build is not one genloop can read")
     k = packed.numel() * 2 // n
@@ -344,7 +347,11 @@ def unpack_int4(packed: Tensor, n: int, layout: Layout | None = None) -> Tensor:
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
-def _find_int4_layout() -> Layout | None:
+@functools.cache
+def int4_layout() -> Layout | None:
+    """The packing of this torch build, found by a round trip on first use, not at import: a
+    parallel op on the importing thread starts an OpenMP team there, and with two teams on two cores
+    libgomp stops spin-waiting, which makes every kernel of the engine's thread ~1.5x slower."""
     if not HAS_INT4_KERNEL:
         return None
     gen = torch.Generator().manual_seed(0)
@@ -357,9 +364,6 @@ def _find_int4_layout() -> Layout | None:
         if torch.equal(unpack_int4(packed, q.shape[0], layout).int(), q):
             return layout
     return None
-
-
-INT4_LAYOUT = _find_int4_layout()
 
 
 def _int4_group(k: int, group_size: int) -> int:
