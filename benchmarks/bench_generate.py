@@ -191,7 +191,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--dtypes",
-        default="float32,bfloat16,int8,int4,int4+compile",
+        default="float32,bfloat16,int8,int4,bfloat16+compile,int4+compile",
         help="genloop dtypes to measure; DTYPE+compile compiles the decode step",
     )
     ap.add_argument("--repeats", type=int, default=3, help="repetitions per figure (median)")
