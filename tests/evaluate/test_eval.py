@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +178,28 @@ def test_bad_input_is_one_line_and_exit_code_2(model_dir: Path, tmp_path: Path, 
     code, _, err = cli("eval", tmp_path / "no-such-model", "--tasks", f"multiple_choice:{bad}")
     assert code == 2
     assert_one_line_error(err, "no-such-model", "not found")
+
+
+def test_a_suite_that_generates_scores_on_the_engine_thread(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring on the caller's thread would give it a second OpenMP team beside the engine's, and then
+    libgomp stops spin-waiting and both run slower (genloop.evaluate.runner._Run.score). Without a
+    generation task there is no engine, and scoring stays on the caller's thread."""
+    from genloop.evaluate import runner
+
+    seen: list[str] = []
+    real = runner.loglik.continuation_logprobs
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner.loglik, "continuation_logprobs", recording)
+    mc = _jsonl(tmp_path / "mc.jsonl", QUESTIONS)
+    gen = _jsonl(tmp_path / "gen.jsonl", [{"prompt": "the cat", "reference": "sat on the mat"}])
+    tasks = [f"multiple_choice:{mc}", f"generation:{gen}"]
+    both = evaluate(model_dir, tasks, out=tmp_path / "a", max_tokens=4)
+    alone = evaluate(model_dir, [f"multiple_choice:{mc}"], out=tmp_path / "b")
+    assert seen == ["genloop-engine", threading.current_thread().name]
+    assert both["tasks"]["multiple_choice:mc"]["metrics"] == alone["tasks"]["multiple_choice:mc"]["metrics"]
