@@ -9,7 +9,9 @@ compiled (Engine(compile=True)); compile time is spent in the warm-up, outside t
 Measures batch-1 decode tok/s, prefill tok/s for 512 tokens, time to first token (short chat prompt),
 aggregate tok/s at 1, 8 and 32 concurrent requests (through the scheduler for genloop, one padded
 batch for transformers) and peak RSS; prints ratios against transformers fp32 and writes
-benchmarks/results/generate.json. Each configuration runs in its own fresh process, so that one's
+benchmarks/results/generate.json (--out to write elsewhere), with the CPU's vector ISA: which
+kernels are fast depends on it (AVX2 alone, or AVX-512 with VNNI and native bf16), so figures compare
+only within one kind of CPU. Each configuration runs in its own fresh process, so that one's
 threads, allocator state and peak RSS never leak into another's figures.
 
     .venv/bin/python benchmarks/bench_generate.py --postprocess [--dtypes int4]
@@ -200,6 +202,7 @@ def main() -> None:
     ap.add_argument(
         "--postprocess", action="store_true", help="the default postprocess pipeline off vs on (first dtype)"
     )
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one configuration, print JSON
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
@@ -212,21 +215,22 @@ def main() -> None:
         postprocess_overhead(args.dtypes.split(",")[0], repeats, args.new_tokens, args.quick)
         return
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "model": "smollm2-135m-instruct"}
+    results["cpu"] = _cpu()
     for name in ["transformers_float32", *(f"genloop_{d}" for d in args.dtypes.split(","))]:
-        argv = [sys.executable, __file__, "--one", name, "--repeats", str(repeats)]
-        argv += ["--new-tokens", str(args.new_tokens)] + (["--quick"] if args.quick else [])
-        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
-    results["peak_rss_mib"] = max(r["peak_rss_mib"] for r in results.values() if isinstance(r, dict))
+        results[name] = _measure(name, repeats, args.new_tokens, args.quick)
+    runs = {name: r for name, r in results.items() if name.startswith(("transformers_", "genloop_"))}
+    results["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs.values())
     ref = results["transformers_float32"]
-    print(f"SmolLM2-135M-Instruct, {results['threads']} threads, median of {repeats}")
+    cpu = results["cpu"]
+    print(
+        f"SmolLM2-135M-Instruct, {results['threads']} threads, median of {repeats}; CPU {cpu['isa']}, "
+        f"VNNI {cpu['vnni']}, native bf16 {cpu['native_bf16']}"
+    )
     header = f"{'':<22}{'decode':>9}{'prefill512':>11}{'ttft s':>8}" + "".join(
         f"{'x' + c:>9}" for c in map(str, concurrency)
     )
     print(header + f"{'RSS MiB':>8}   (tok/s; xN = N concurrent)")
-    for name, r in results.items():
-        if not isinstance(r, dict):
-            continue
+    for name, r in runs.items():
         row = f"{name:<22}{r['decode_tok_s']:>9.1f}{r['prefill_512_tok_s']:>11.0f}{r['ttft_s']:>8.3f}"
         row += "".join(f"{r['concurrent_tok_s'][str(c)]:>9.1f}" for c in concurrency)
         row += f"{r['peak_rss_mib']:>8.0f}"
@@ -247,9 +251,16 @@ def main() -> None:
                 + f"  | vs llama.cpp Q4_1 decode ({LLAMA_CPP_Q4_1:.0f} tok/s): "
                 + f"{r['decode_tok_s'] / LLAMA_CPP_Q4_1:.2f}x"
             )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _cpu() -> dict[str, Any]:
+    """The vector ISA PyTorch dispatches to, and the two features genloop's kernel choices follow."""
+    from genloop.model.quantize import HAS_VNNI, KEEP_DENSE
+
+    return {"isa": torch.backends.cpu.get_cpu_capability(), "vnni": HAS_VNNI, "native_bf16": KEEP_DENSE}
 
 
 def _measure(name: str, repeats: int, new_tokens: int, quick: bool) -> dict[str, Any]:

@@ -67,3 +67,23 @@ def test_one_compiled_step_writes_the_cache_as_the_eager_step(tiny_dir: Path) ->
     assert torch.allclose(compiled.v[:, :, :, :20], eager.v[:, :, :, :20], atol=1e-5)
     for row, position in enumerate([5, 9, 12]):  # each row's new key went to its own position
         assert not torch.equal(compiled.k[:, row, :, position], before[:, row, :, position])
+
+
+def test_warm_up_compiles_every_graph_a_full_batch_needs(tiny_dir: Path) -> None:  # noqa: F811
+    """Without native bf16, int8 layers take a dense path from DENSE_ROWS_INT8 rows, and a compiled
+    step recompiled there: the first full batch waited on inductor. Warm-up now builds that graph."""
+    from torch._dynamo.utils import counters
+
+    from genloop.model.quantize import DENSE_ROWS_INT8
+
+    rows = DENSE_ROWS_INT8
+    engine = Engine(tiny_dir, dtype="int8", max_batch=rows, max_seq_len=64, compile=True)
+    try:
+        engine.generate(PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=2))  # started and warm
+        graphs = counters["stats"]["unique_graphs"]
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(rows)]
+        outs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
+    finally:
+        engine.close()
+    assert all(len(o.outputs[0].token_ids) == 4 for o in outs)
+    assert counters["stats"]["unique_graphs"] == graphs  # no graph was compiled for the full batch

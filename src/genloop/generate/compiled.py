@@ -9,9 +9,11 @@ The graph only reads the KV cache. Attention takes the cached keys and the step'
 parts of one softmax; the new keys and values leave the graph and one indexed copy per tensor
 writes them after it. (Writing the cache inside the graph made inductor copy the whole buffer on
 every step: seconds a step.) Batch size and context length are dynamic, so there are two graphs,
-one row and many rows; both compile when the engine starts (`warm_up`; 3 minutes here for SmolLM2
-the first time). Inductor caches the compiled code on disk under GENLOOP_HOME, and a later process
-with the same model starts in well under a minute.
+one row and many rows, and quantized models on CPUs without native bf16 add one per range of rows
+where a layer changes path; all compile when the engine starts (`warm_up`; for SmolLM2 the first
+time, 3 minutes with AVX-512, 6 for int4's three graphs on a 2-core AVX2 CPU). Inductor caches the
+compiled code on disk under GENLOOP_HOME, and a later process with the same model starts in well
+under a minute.
 
 Inductor's fused loops round differently from eager PyTorch, and their vectorization may depend on
 the batch: greedy text can differ from the eager engine at near-ties, and batched from alone.
@@ -82,6 +84,8 @@ class CompiledDecode:
     def __init__(self, model: DecoderLM, cache: SlotCache) -> None:
         _use_our_inductor_cache()
         self.model, self.cache = model, cache
+        for buffer in (cache.k, cache.v):  # fixed shapes: no symbols that equal sizes could share
+            torch._dynamo.mark_static(buffer)
         self._graph = torch.compile(self._forward, dynamic=True)
 
     def _forward(self, ids: Tensor, past: Tensor, seen: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, ...]:
@@ -90,12 +94,21 @@ class CompiledDecode:
         return logits, torch.stack(reader.new_k), torch.stack(reader.new_v)
 
     def warm_up(self) -> None:
-        """Compile both graphs now (one row, and any number of rows), so no request waits on it.
-        Dummy steps over 2 cached positions; their outputs are dropped, the cache is not written."""
-        for rows in (1, 2):
+        """Compile the graphs now (one row, many rows, and one per range where a quantized layer
+        changes path, `path_rows`), so no request waits on it: without native bf16 the 32nd row
+        took SmolLM2's int8 head to its dense path, and that batch waited a minute for a new graph.
+        Dummy steps; their outputs are dropped, the cache is not written. The cached length differs
+        from every row count: dynamo gives equal sizes one symbol, and a graph warmed on 2 rows over
+        2 positions only took steps whose context length equalled their batch size."""
+        from genloop.model.quantize import path_rows
+
+        slots = self.cache.k.shape[1]
+        batches = sorted({1, min(2, slots), *(r for r in path_rows() if r <= slots)})
+        cached = next(n for n in range(3, 3 + len(batches) + 1) if n not in batches)
+        for rows in batches:
             ids = torch.zeros(rows, 1, dtype=torch.long)
-            past = torch.full((rows,), 2, dtype=torch.long)
-            seen = torch.ones(rows, 2, dtype=torch.bool)
+            past = torch.full((rows,), cached, dtype=torch.long)
+            seen = torch.ones(rows, cached, dtype=torch.bool)
             try:
                 self._graph(ids, past, seen, self.cache.k, self.cache.v)
             except Exception as exc:  # inductor needs a working C++ compiler; say so in one line

@@ -33,7 +33,17 @@ not move. The body keeps bf16 activations: int8 activations there cost SmolLM2 8
 agreement with fp32 (89%), 3.5 with SmoothQuant scaling, 0.6 with a rotation. Two ways back to 97%
 both lose the speed: each row's 16 largest inputs kept out of the int8 part (their weight gathers
 took 85 ms a 32-row step against 23 for the int8 matmuls), or the rounding residue as a second row
-of int8 codes (twice the int8 work: 55 ms a step compiled, bf16's is 54).
+of int8 codes (twice the int8 work: 55 ms a step compiled, bf16's is 54). A third way keeps the
+speed, simulated only: a randomized Hadamard rotation of the residual stream folded into the weights
+(norm weights folded into the next linears first), v/o rotated per head, an online 12 x 128
+Hadamard before `down`, and GPTQ codes of the rotated weights: 97.3% top-1, perplexity -0.1%.
+
+On AVX2 without VNNI (a 2-core AMD EPYC) the picture differs. `torch._int_mm` is reference code
+there (4 GOPS), so the head multiplies through the int8 kernel. At 32 rows both kernels run at
+~46 GFLOP/s against an fp32 matmul's 85, so many concurrent streams decode faster in fp32 than in
+int4 on such a CPU. oneDNN's u8 x s8 linear (`torch.ops.onednn.qlinear_pointwise`) reaches 168
+GOPS at 32 rows, but its AVX2 path adds pairs of products in int16 and saturates unless the
+weights fit 7 bits (|q| <= 63); then its results are exact.
 """
 
 from __future__ import annotations
@@ -66,7 +76,17 @@ KEEP_DENSE = DENSE_DTYPE is torch.bfloat16  # keep the dequantized copy (see the
 # Without native bf16: row counts from which dequantize + dense matmul beats the kernel (2-core AVX2).
 DENSE_ROWS_INT8 = 32
 DENSE_ROWS_INT4 = 256
+# The output head's dense copy (113 MB of fp32 for SmolLM2's 49k x 576) is made per call and leaves
+# the caches: at 32 rows the kernel took 32 ms, dequantize + matmul 73; they meet near 100 rows.
+DENSE_ROWS_INT8_HEAD = 128
 DENSE_TOKENS = 256  # with native bf16: new tokens per sequence from which the kept copy is used
+
+
+def path_rows() -> tuple[int, ...]:
+    """Row counts at which a quantized layer changes path for a one-token step: a compiled decode
+    step has one graph per range between them (none where the choice goes by tokens per sequence).
+    The int8 head on VNNI never changes path; the bound is listed anyway, it costs one graph."""
+    return () if KEEP_DENSE else (DENSE_ROWS_INT8, DENSE_ROWS_INT8_HEAD, DENSE_ROWS_INT4)
 
 
 def _op(name: str) -> Any:
@@ -150,6 +170,7 @@ class Int8Linear(_KernelDtypes):
         # lookup): then the top candidates' logits are the float model's own. Not a buffer: shared.
         self.refine_from: Tensor | None = None
         self.int8_activations = False  # the head: int8 x int8 on VNNI (see the module docstring)
+        self.dense_rows = DENSE_ROWS_INT8  # without native bf16: rows from which the dense path is used
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
@@ -179,7 +200,7 @@ class Int8Linear(_KernelDtypes):
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         elif self.int8_activations and HAS_VNNI:
             y = _int8_activation_mm(x2, self.weight, self.scales)
-        elif self.use_kernel and _kernel_rows(x, x2.shape[0], DENSE_ROWS_INT8):
+        elif self.use_kernel and _kernel_rows(x, x2.shape[0], self.dense_rows):
             y = _int8_mm(_kernel_input(x2), self.weight, self.scales)
         else:
             y = F.linear(x2.to(DENSE_DTYPE), self._dense_weight()) * self.scales.to(DENSE_DTYPE)
@@ -412,6 +433,7 @@ def quantize_model(
             if name == "lm_head":
                 quantized.refine_top = HEAD_REFINE_TOP
                 quantized.int8_activations = True
+                quantized.dense_rows = DENSE_ROWS_INT8_HEAD
                 quantized.refine_from = linear.weight if _tied(model, linear.weight) else None
             setattr(parent, child, quantized)
         elif kind == "int4":
