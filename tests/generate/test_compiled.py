@@ -81,6 +81,7 @@ def test_warm_up_compiles_every_graph_a_full_batch_needs(tiny_dir: Path) -> None
     try:
         engine.generate(PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=2))  # started and warm
         graphs = counters["stats"]["unique_graphs"]
+        assert graphs >= 2  # the counter is live (a renamed one would read 0 before and after)
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(rows)]
         outs = engine.generate(prompts, SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
     finally:
