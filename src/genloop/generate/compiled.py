@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from genloop.home import cache_dir
+from genloop.model.quantize import path_rows
 
 if TYPE_CHECKING:
     from genloop.generate.kv_cache import CacheView, SlotCache
@@ -100,10 +101,8 @@ class CompiledDecode:
         Dummy steps; their outputs are dropped, the cache is not written. The cached length differs
         from every row count: dynamo gives equal sizes one symbol, and a graph warmed on 2 rows over
         2 positions only took steps whose context length equalled their batch size."""
-        from genloop.model.quantize import path_rows
-
         slots = self.cache.k.shape[1]
-        batches = sorted({1, min(2, slots), *(r for r in path_rows() if r <= slots)})
+        batches = sorted({1, min(2, slots), *(r for r in path_rows(self.model) if r <= slots)})
         cached = next(n for n in range(3, 3 + len(batches) + 1) if n not in batches)
         for rows in batches:
             ids = torch.zeros(rows, 1, dtype=torch.long)

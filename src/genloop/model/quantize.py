@@ -82,13 +82,6 @@ DENSE_ROWS_INT8_HEAD = 128
 DENSE_TOKENS = 256  # with native bf16: new tokens per sequence from which the kept copy is used
 
 
-def path_rows() -> tuple[int, ...]:
-    """Row counts at which a quantized layer changes path for a one-token step: a compiled decode
-    step has one graph per range between them (none where the choice goes by tokens per sequence).
-    The int8 head on VNNI never changes path; the bound is listed anyway, it costs one graph."""
-    return () if KEEP_DENSE else (DENSE_ROWS_INT8, DENSE_ROWS_INT8_HEAD, DENSE_ROWS_INT4)
-
-
 def _op(name: str) -> Any:
     """torch.NAME (the C++ binding; ~1.5 us a call less than torch.ops.aten.NAME), None if absent."""
     return getattr(torch, name, None) or getattr(torch.ops.aten, name, None)
@@ -236,6 +229,21 @@ def _int8_activation_mm(x2: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
     step = xf.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
     codes = torch.round(xf / step).to(torch.int8)
     return _int_mm(codes, weight.t()).float().mul_(step).mul_(scales.float())
+
+
+def path_rows(model: nn.Module) -> tuple[int, ...]:
+    """Row counts at which one of the model's quantized layers changes path for a one-token step: a
+    compiled decode step needs one graph per range between them. None where the choice goes by
+    tokens per sequence (native bf16), for float layers, or for the int8 x int8 head on VNNI."""
+    if KEEP_DENSE:
+        return ()
+    rows = set()
+    for mod in model.modules():
+        if isinstance(mod, Int8Linear) and mod.use_kernel and not (mod.int8_activations and HAS_VNNI):
+            rows.add(mod.dense_rows)
+        elif isinstance(mod, Int4Linear) and mod.use_kernel and mod.readable:
+            rows.add(DENSE_ROWS_INT4)
+    return tuple(sorted(rows))
 
 
 def _int4_qparams(w: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
