@@ -46,12 +46,19 @@ def test_int8_linear_matches_its_dequantized_weights(rows: int) -> None:
     _check(mod, lin, rows, loose=0.02)
 
 
+def _int4_on_torch_kernel(lin: nn.Linear, group_size: int) -> Int4Linear:
+    """The layer on PyTorch's int4 kernel even where genloop's AVX2 kernel would take it."""
+    mod = Int4Linear.from_linear(lin, group_size)
+    mod.set_codes(mod.codes(), mod.scales_and_zeros, native=False)
+    return mod
+
+
 @pytest.mark.parametrize("rows", [1, 5, 300])
 @pytest.mark.parametrize("group_size", [32, 64])
 def test_int4_linear_matches_its_dequantized_weights(rows: int, group_size: int) -> None:
     lin = _linear(576, 1536)
-    mod = Int4Linear.from_linear(lin, group_size)
-    assert mod.use_kernel and mod.weight.shape == (1536, 288)
+    mod = _int4_on_torch_kernel(lin, group_size)
+    assert mod.use_kernel and not mod.native and mod.weight.shape == (1536, 288)
     _check(mod, lin, rows, loose=0.15)
 
 
@@ -59,7 +66,7 @@ def test_int4_linear_matches_its_dequantized_weights(rows: int, group_size: int)
 def test_int4_codes_read_back_from_the_kernel_packing(n: int) -> None:
     lin = _linear(96, n)
     codes, _, _ = q._int4_qparams(lin.weight.detach(), 32)
-    assert torch.equal(Int4Linear.from_linear(lin, 32).codes(), codes)
+    assert torch.equal(_int4_on_torch_kernel(lin, 32).codes(), codes)
 
 
 @pytest.mark.parametrize("cls", [Int8Linear, Int4Linear])
@@ -98,7 +105,7 @@ def test_int4_weights_on_a_4bit_grid_come_back_exactly() -> None:
 def test_shapes_the_kernels_refuse_take_the_fallback(cls: type, k: int, n: int, kw: dict) -> None:
     lin = _linear(k, n)
     mod = cls.from_linear(lin, **kw)
-    assert not mod.use_kernel
+    assert not mod.use_kernel and not mod.native
     for rows in (1, 300):
         _check(mod, lin, rows, loose=0.02 if cls is Int8Linear else 0.15)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from genloop.model.attention import Attention
 from genloop.model.layers import MLP
-from genloop.model.quantize import Int4Linear, Int8Linear, _int4_pack, int4_layout
+from genloop.model.quantize import Int4Linear, Int8Linear, int4_layout
 
 Fused = nn.Linear | Int8Linear | Int4Linear
 
@@ -30,7 +30,8 @@ def _fusable(parts: list[nn.Module]) -> bool:
     if isinstance(first, Int4Linear):
         readable = not first.use_kernel or int4_layout() is not None  # codes() must read the packing back
         return readable and all(
-            p.group_size == first.group_size and p.use_kernel == first.use_kernel for p in parts
+            p.group_size == first.group_size and (p.use_kernel, p.native) == (first.use_kernel, first.native)
+            for p in parts
         )
     return isinstance(first, Int8Linear) and all(p.use_kernel == first.use_kernel for p in parts)
 
@@ -51,13 +52,9 @@ def fuse(parts: list[nn.Module]) -> Fused | None:
         return fused8
     first: Int4Linear = parts[0]  # type: ignore[assignment]
     fused4 = Int4Linear(k, n, first.group_size)
-    fused4.use_kernel = first.use_kernel
     codes = torch.cat([p.codes() for p in parts])  # type: ignore[operator]
-    if fused4.use_kernel:
-        fused4.weight = _int4_pack(codes.to(torch.int32), 2)
-    else:
-        fused4.weight = codes[:, 0::2] | (codes[:, 1::2] << 4)
-    fused4.scales_and_zeros = torch.cat([p.scales_and_zeros for p in parts], dim=1)  # type: ignore[misc]
+    qparams = torch.cat([p.scales_and_zeros for p in parts], dim=1)  # type: ignore[misc]
+    fused4.set_codes(codes, qparams, native=first.native, kernel=first.use_kernel)
     return fused4
 
 

@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genloop.model import avx2
+
 KERNEL_DTYPE = torch.bfloat16
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32
@@ -110,6 +112,11 @@ def _kernel_rows(x: Tensor, rows: int, dense_rows: int) -> bool:
     return rows < dense_rows
 
 
+def _fp32_input(x2: Tensor) -> Tensor:
+    """[M, K] fp32 and contiguous, as genloop's AVX2 kernels take it."""
+    return x2.to(torch.float32, memory_format=torch.contiguous_format)
+
+
 def _kernel_input(x2: Tensor) -> Tensor:
     """[M, K] in bf16 with a contiguous last dim, as both kernels require: one op, none if it is."""
     return x2.to(KERNEL_DTYPE, memory_format=torch.contiguous_format)
@@ -121,12 +128,17 @@ class _KernelDtypes(nn.Module):
     copy of the weights that many-row inputs multiply (dropped whenever the layer is moved)."""
 
     _kernel_buffers: tuple[str, ...] = ()
+    _fp32_buffers = ("native_scales", "native_zeros")  # what genloop's AVX2 kernels read
     _dense_copy: Tensor | None = None
+    native = False  # multiplies through genloop's AVX2 kernels (avx2.py)
 
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
         super()._apply(fn, recurse)
         for name in self._kernel_buffers:
             setattr(self, name, getattr(self, name).to(KERNEL_DTYPE))
+        for name in self._fp32_buffers:
+            if getattr(self, name, None) is not None:
+                setattr(self, name, getattr(self, name).float())
         self._dense_copy = None
         return self
 
@@ -179,6 +191,20 @@ class Int8Linear(_KernelDtypes):
             mod.weight[rows] = torch.round(wf / scales.float()[:, None]).clamp_(-127, 127)
         return mod
 
+    def pack_avx2(self) -> None:
+        """Multiply through genloop's AVX2 int8 kernel from now on, where it runs and VNNI does not
+        (the output head: its int8 x int8 rounding is what `_refine` is there for)."""
+        if (
+            HAS_VNNI
+            or not self.weight.is_cpu
+            or not avx2.supported_shape(self.in_features, self.out_features)
+        ):
+            return
+        if avx2.ops() is not None:
+            self.register_buffer("native_weight", avx2.pack_int8(self.weight))
+            self.register_buffer("native_scales", self.scales.float())
+            self.native = True
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The weights the kernel multiplies by, [N, K]."""
         return (self.weight.float() * self.scales.float()[:, None]).to(dtype)
@@ -191,6 +217,8 @@ class Int8Linear(_KernelDtypes):
         x2 = x.reshape(-1, self.in_features)
         if not x.is_cpu:
             y = F.linear(x2, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+        elif self.native:
+            y = torch.ops.genloop.int8_mm(_fp32_input(x2), self.native_weight, self.native_scales)
         elif self.int8_activations and HAS_VNNI:
             y = _int8_activation_mm(x2, self.weight, self.scales)
         elif self.use_kernel and _kernel_rows(x, x2.shape[0], self.dense_rows):
@@ -234,11 +262,14 @@ def _int8_activation_mm(x2: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
 def path_rows(model: nn.Module) -> tuple[int, ...]:
     """Row counts at which one of the model's quantized layers changes path for a one-token step: a
     compiled decode step needs one graph per range between them. None where the choice goes by
-    tokens per sequence (native bf16), for float layers, or for the int8 x int8 head on VNNI."""
+    tokens per sequence (native bf16), for float layers, for genloop's AVX2 kernels (one path for
+    any rows), or for the int8 x int8 head on VNNI."""
     if KEEP_DENSE:
         return ()
     rows = set()
     for mod in model.modules():
+        if getattr(mod, "native", False):
+            continue
         if isinstance(mod, Int8Linear) and mod.use_kernel and not (mod.int8_activations and HAS_VNNI):
             rows.add(mod.dense_rows)
         elif isinstance(mod, Int4Linear) and mod.use_kernel and mod.readable:
@@ -294,25 +325,50 @@ class Int4Linear(_KernelDtypes):
     def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Linear:
         mod = cls(linear.in_features, linear.out_features, group_size, linear.bias)
         w = linear.weight.detach()
-        mod.use_kernel = mod.use_kernel and w.device.type == "cpu"
         pad = -w.shape[1] % group_size
-        packed, qparams = [], []
-        for rows in _row_chunks(w.shape[0]):  # chunks are whole kernel blocks: the packings concatenate
+        codes, qparams = [], []
+        for rows in _row_chunks(w.shape[0]):
             wf = w[rows].float()
             if pad:  # repeat the last column: the partial group keeps its own min/max
                 wf = F.pad(wf[None], (0, pad), mode="replicate")[0]
             q, scale, zero = _int4_qparams(wf, group_size)
-            if mod.use_kernel:
-                packed.append(_int4_pack(q.to(torch.int32), 2))
-            else:
-                packed.append(q[:, 0::2] | (q[:, 1::2] << 4))
+            codes.append(q)
             qparams.append(torch.stack((scale, zero), -1).to(KERNEL_DTYPE))
-        mod.weight = torch.cat(packed)
-        mod.scales_and_zeros = torch.cat(qparams).transpose(0, 1).contiguous()
+        mod.set_codes(torch.cat(codes), torch.cat(qparams).transpose(0, 1).contiguous())
         return mod
+
+    def set_codes(
+        self, codes: Tensor, scales_and_zeros: Tensor, native: bool = True, kernel: bool = True
+    ) -> None:
+        """Hold codes uint8 [N, K] and their scales/zeros [K/G, N, 2] in the packing this layer
+        multiplies with: genloop's AVX2 kernel where it runs and `native` allows, else PyTorch's int4
+        kernel where it takes the shape and `kernel` allows, else plain nibbles."""
+        n, k, g = self.out_features, self.in_features, self.group_size
+        cpu = codes.device.type == "cpu"
+        self.native = (
+            native and cpu and g == avx2.BLOCK and avx2.supported_shape(k, n) and avx2.ops() is not None
+        )
+        self.use_kernel = (
+            kernel and cpu and not self.native and HAS_INT4_KERNEL and n % 16 == 0 and k % g == 0
+        )
+        self.scales_and_zeros = scales_and_zeros
+        if self.native:
+            scale, zero = scales_and_zeros.permute(2, 1, 0)  # [N, K/G] each
+            weight, native_scales, native_zeros = avx2.pack_int4(codes, scale, zero)
+            self.register_buffer("native_scales", native_scales)
+            self.register_buffer("native_zeros", native_zeros)
+        elif self.use_kernel:  # in chunks of whole kernel blocks (the packings concatenate)
+            weight = torch.cat(
+                [_int4_pack(codes[rows].to(torch.int32), 2) for rows in _row_chunks(len(codes))]
+            )
+        else:
+            weight = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        self.weight = weight
 
     def codes(self) -> Tensor:
         """The 4-bit codes as uint8 [N, K (padded to the group size)], whichever packing holds them."""
+        if self.native:
+            return avx2.unpack_int4(self.weight)
         if not self.use_kernel:
             return torch.stack((self.weight & 15, self.weight >> 4), -1).view(self.out_features, -1)
         return unpack_int4(self.weight, self.out_features)
@@ -332,7 +388,9 @@ class Int4Linear(_KernelDtypes):
         shape = (*x.shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features)
         kernel = not self.readable or _kernel_rows(x, x2.shape[0], DENSE_ROWS_INT4)
-        if kernel and self.use_kernel and x.is_cpu:
+        if self.native and x.is_cpu and (kernel or not KEEP_DENSE):  # one path for any rows on AVX2
+            y = torch.ops.genloop.int4_mm(_fp32_input(x2), self.weight, self.native_scales, self.native_zeros)
+        elif kernel and self.use_kernel and x.is_cpu:
             y = _int4_mm(_kernel_input(x2), self.weight, self.group_size, self.scales_and_zeros)
         elif x.is_cpu:
             y = F.linear(x2.to(DENSE_DTYPE), self._dense_weight())
@@ -344,7 +402,8 @@ class Int4Linear(_KernelDtypes):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"group_size={self.group_size}, bias={self.bias is not None}, kernel={self.use_kernel}"
+            f"group_size={self.group_size}, bias={self.bias is not None}, "
+            f"kernel={'avx2' if self.native else 'aten' if self.use_kernel else 'none'}"
         )
 
 
@@ -443,6 +502,7 @@ def quantize_model(
                 quantized.int8_activations = True
                 quantized.dense_rows = DENSE_ROWS_INT8_HEAD
                 quantized.refine_from = linear.weight if _tied(model, linear.weight) else None
+                quantized.pack_avx2()
             setattr(parent, child, quantized)
         elif kind == "int4":
             setattr(
