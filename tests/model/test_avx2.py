@@ -122,3 +122,37 @@ def test_switched_off_the_layers_keep_pytorchs_kernels(monkeypatch: pytest.Monke
     ref = torch.nn.functional.linear(x, on4.dequantize(), lin.bias)
     for mod in (on4, off4):  # both within their rounding (int8 or bf16 activations) of the same weights
         assert (mod(x) - ref).norm() / ref.norm() < 0.01
+
+
+def test_rms_norm_and_rotary_ops_match_the_pytorch_expressions() -> None:
+    from genloop.model.layers import RMSNorm, apply_rotary
+
+    norm = RMSNorm(576)
+    torch.nn.init.normal_(norm.weight, 1.0, 0.1)
+    x = torch.randn(3, 5, 576) * 4
+    with torch.no_grad():
+        ref = norm(x)
+        norm.native = True
+        out = norm(x)
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)  # the sum of squares in another order
+    q = torch.randn(2, 5, 9, 64).transpose(1, 2)  # [B, H, T, d] view of a projection, as in attention
+    cos, sin = torch.randn(2, 1, 5, 64), torch.randn(2, 1, 5, 64)
+    for c, s in ((cos, sin), (cos[:1], sin[:1])):  # per row, or one set broadcast over the batch
+        assert torch.equal(apply_rotary(q, c, s, native=True), apply_rotary(q, c, s))
+
+
+@pytest.mark.parametrize(("b", "s", "heads", "kv_heads"), [(1, 1, 9, 3), (5, 37, 9, 3), (3, 130, 4, 4)])
+def test_decode_attention_matches_sdpa(b: int, s: int, heads: int, kv_heads: int) -> None:
+    q = torch.randn(b, heads, 1, 64)
+    cache_k, cache_v = torch.randn(2, b, kv_heads, s + 9, 64).unbind(0)
+    k, v = cache_k[:, :, :s], cache_v[:, :, :s]  # views of a longer cache, as the engine passes them
+    mask = torch.rand(b, 1, 1, s) < 0.7
+    mask[..., -1] = True  # a query always sees itself
+    out = torch.ops.genloop.decode_attention(q, k, v, mask.reshape(b, s), 64**-0.5)
+    gqa = heads != kv_heads
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    unmasked = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    torch.testing.assert_close(torch.ops.genloop.decode_attention(q, k, v, None, 0.125), unmasked)
+    hidden = torch.zeros(b, s, dtype=torch.bool)  # nothing visible: zeros, never NaN
+    assert torch.equal(torch.ops.genloop.decode_attention(q, k, v, hidden, 0.125), torch.zeros_like(q))

@@ -72,7 +72,10 @@ class CacheView:
     def __init__(self, cache: SlotCache, start: int, stop: int, new_tokens: int) -> None:
         self.cache, self.start, self.stop, self.t = cache, start, stop, new_tokens
         self.past = torch.tensor(cache.lengths[start:stop], dtype=torch.long, device=cache.k.device)
-        self.total = int(self.past.max()) + new_tokens
+        self.total = max(cache.lengths[start:stop]) + new_tokens
+        self._first = cache.lengths[start]  # a single row's past, without reading a tensor per layer
+        self._rows: Tensor | None = None  # slot indices and write positions, made once per forward
+        self._positions: list[Tensor] = []
         cache.ensure_clean(self.total)
 
     def past_length(self) -> int:  # only meaningful for a single row; the model uses batch_* below
@@ -90,14 +93,16 @@ class CacheView:
         kc, vc = self.cache.k[layer], self.cache.v[layer]
         rows = self.stop - self.start
         if rows == 1:
-            p = int(self.past[0])
+            p = self._first
             kc[self.start, :, p : p + self.t] = k[0]
             vc[self.start, :, p : p + self.t] = v[0]
         else:
-            idx = torch.arange(self.start, self.stop, device=k.device)
-            for i in range(self.t):  # decode: t == 1
-                kc[idx, :, self.past + i] = k[:, :, i]
-                vc[idx, :, self.past + i] = v[:, :, i]
+            if self._rows is None:
+                self._rows = torch.arange(self.start, self.stop, device=k.device)
+                self._positions = [self.past + i for i in range(self.t)]
+            for i, pos in enumerate(self._positions):  # decode: t == 1
+                kc[self._rows, :, pos] = k[:, :, i]
+                vc[self._rows, :, pos] = v[:, :, i]
         return kc[self.start : self.stop, :, : self.total], vc[self.start : self.stop, :, : self.total]
 
     def cross(self, layer: int) -> tuple[Tensor, Tensor] | None:

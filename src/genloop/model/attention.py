@@ -80,6 +80,7 @@ class Attention(nn.Module):
         # q, k and v as one layer (genloop.model.fuse, quantized inference); then q/k/v are gone
         self.qkv: nn.Module | None = None
         self.qkv_sizes: list[int] = []
+        self.native = False  # rotary and one-query attention through genloop's AVX2 ops (avx2.py)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         b, t, _ = x.shape
@@ -107,7 +108,7 @@ class Attention(nn.Module):
             if self.qkv is None:
                 k, v = self._heads(self.k(x), self.n_kv), self._heads(self.v(x), self.n_kv)
             if rotary is not None:
-                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+                q, k = apply_rotary(q, *rotary, self.native), apply_rotary(k, *rotary, self.native)
             attend = getattr(cache, "attend", None)
             if attend is not None:  # a cache that attends itself (the compiled decode step)
                 return self._project(attend(self.layer, q, k, v))
@@ -115,7 +116,11 @@ class Attention(nn.Module):
                 k, v = cache.update(self.layer, k, v)
         else:
             k, v = kv  # encoder states carry no positions of the decoder: no rotation across
-        if q.dtype == torch.bfloat16 and q.shape[2] == 1 and not self.training:
+        if self.native and q.dtype == torch.float32 and q.shape[2] == 1 and q.is_cpu and not self.training:
+            b, s = k.shape[0], k.shape[2]
+            rows = None if mask is None else mask.expand(b, 1, 1, s).reshape(b, s)
+            out = torch.ops.genloop.decode_attention(q.contiguous(), k, v, rows, self.head_dim**-0.5)
+        elif q.dtype == torch.bfloat16 and q.shape[2] == 1 and not self.training:
             out = _one_query_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(

@@ -1,4 +1,5 @@
-"""genloop's own AVX2 kernels for quantized layers: int4/int8 weights times int8 activations.
+"""genloop's own AVX2 kernels for quantized inference: int4/int8 weights times int8 activations,
+and the small per-layer ops of a decode step (RMSNorm, rotary, one-query attention) as one call each.
 
 On a CPU with AVX2 but no VNNI (the issue's 2-core AMD EPYC) PyTorch's int4 and int8 kernels take
 bf16 activations and reach ~46 GFLOP/s at 32 rows, below an fp32 matmul, and spend most of a
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("avx2_kernels.cpp")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]  # products rounded as written
 BLOCK = 32  # K per activation block and int4 group
 COLS = 8  # output columns per packed weight block
 log = logging.getLogger(__name__)
@@ -89,11 +90,18 @@ def _build() -> None:
             quiet.setLevel(level)
     for op in ("int4_mm", "int8_mm"):
         torch.library.register_fake(f"genloop::{op}")(_fake_mm)
+    for op in ("rms_norm", "rotary", "decode_attention"):
+        torch.library.register_fake(f"genloop::{op}")(_fake_like_input)
 
 
 def _fake_mm(x: Tensor, w: Tensor, *args: Tensor) -> Tensor:
     """Output shape for torch.compile: [M, N] fp32, N = 8 per packed block."""
     return x.new_empty(x.shape[0], w.shape[0] * COLS)
+
+
+def _fake_like_input(x: Tensor, *args: Any) -> Tensor:
+    """Output shape for torch.compile: that of the first input, contiguous."""
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def pack_int4(codes: Tensor, scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor, Tensor]:

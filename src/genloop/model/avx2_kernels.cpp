@@ -13,6 +13,9 @@
 // and sum(q * c) fits int16 over a block: 8 pairs of 2 * 15 * 127 = 30480 < 32767.
 // int8: w = q * scale per column; |q| goes in the unsigned operand and q's sign onto c, and each
 // pair sum (<= 2 * 127 * 127) is widened to int32 at once.
+//
+// RMSNorm, rotary and one-query attention are a decode step's other per-layer work: as PyTorch
+// expressions they are 6, 7 and 1 calls of ~5-40 us each at one row, as ops here one call each.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -20,7 +23,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <optional>
+#include <vector>
 
 namespace {
 
@@ -78,6 +84,32 @@ Codes quantize_rows(const at::Tensor& x) {
     }
   });
   return out;
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// exp for x <= 0 (Cephes' expf: x = n ln2 + r, a degree-6 polynomial in r, times 2^n); ~1 ulp,
+// exactly 0 below -87.3 (masked scores are -inf).
+inline __m256 exp_nonpositive(__m256 x) {
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(e)), keep);
 }
 
 inline __m256i broadcast4(const int8_t* p) {
@@ -211,14 +243,179 @@ at::Tensor int8_mm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& s
   return y;
 }
 
+// RMSNorm of each row of x [..., D] (fp32, contiguous): weight * (x * rsqrt(mean(x^2) + eps)), the
+// two products rounded one at a time as the PyTorch expression rounds them.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && weight.scalar_type() == at::kFloat &&
+                  weight.is_contiguous() && x.dim() >= 1 && weight.numel() == x.size(-1),
+              "rms_norm takes contiguous float32 x [..., D] and weight [D]");
+  const int64_t D = x.size(-1), rows = D ? x.numel() / D : 0;
+  at::Tensor y = at::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, rows, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* xr = xp + r * D;
+      float* yr = yp + r * D;
+      __m256 acc = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 8 <= D; i += 8) {
+        const __m256 v = _mm256_loadu_ps(xr + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+      }
+      float ss = hsum(acc);
+      for (; i < D; ++i) ss += xr[i] * xr[i];
+      const float scale = 1.0f / std::sqrt(ss / static_cast<float>(D) + static_cast<float>(eps));
+      const __m256 s = _mm256_set1_ps(scale);
+      for (i = 0; i + 8 <= D; i += 8)
+        _mm256_storeu_ps(yr + i, _mm256_mul_ps(_mm256_loadu_ps(wp + i), _mm256_mul_ps(_mm256_loadu_ps(xr + i), s)));
+      for (; i < D; ++i) yr[i] = wp[i] * (xr[i] * scale);
+    }
+  });
+  return y;
+}
+
+// Rotary embedding of x [B, H, T, d] (any strides, contiguous last dim) by cos/sin [B, 1, T, d]:
+// x * cos + cat(-x2, x1) * sin, each product and the sum rounded as PyTorch rounds them.
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.stride(3) == 1 && x.size(3) % 2 == 0,
+              "x must be float32 [B, H, T, d] with a contiguous last dim and even d");
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 4 && cos.size(0) == x.size(0) && cos.size(1) == 1 &&
+                  cos.size(2) == x.size(2) && cos.size(3) == x.size(3) && cos.scalar_type() == at::kFloat &&
+                  sin.scalar_type() == at::kFloat && cos.stride(3) == 1 && sin.stride(3) == 1,
+              "cos and sin must be float32 [B, 1, T, d] with a contiguous last dim");
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), d = x.size(3), half = d / 2;
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  const float *xp = x.data_ptr<float>(), *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const int64_t x0 = x.stride(0), x1 = x.stride(1), x2 = x.stride(2);
+  const int64_t c0 = cos.stride(0), c2 = cos.stride(2), s0 = sin.stride(0), s2 = sin.stride(2);
+  at::parallel_for(0, B * H * T, 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / (H * T), h = (i / T) % H, t = i % T;
+      const float* xr = xp + b * x0 + h * x1 + t * x2;
+      const float* c = cp + b * c0 + t * c2;
+      const float* s = sp + b * s0 + t * s2;
+      float* yr = yp + i * d;
+      for (int64_t j = 0; j < half; ++j) {
+        const float a = xr[j] * c[j], r = -xr[j + half] * s[j];
+        yr[j] = a + r;
+        const float a2 = xr[j + half] * c[j + half], r2 = xr[j] * s[j + half];
+        yr[j + half] = a2 + r2;
+      }
+    }
+  });
+  return y;
+}
+
+// One new query per row against cached keys/values: q [B, H, 1, d] contiguous, k/v [B, Hkv, S, d]
+// with a contiguous last dim (views of the engine's preallocated cache), mask bool [B, S] (true:
+// visible) or none -> [B, H, 1, d]. Query head h reads key/value head h / (H / Hkv).
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.is_contiguous() && q.scalar_type() == at::kFloat,
+              "q must be a contiguous float32 [B, H, 1, d] tensor");
+  TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes() && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat && k.stride(3) == 1 && v.stride(3) == 1,
+              "k and v must be float32 [B, Hkv, S, d] with a contiguous last dim");
+  const int64_t B = q.size(0), H = q.size(1), d = q.size(3), Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == d && Hkv > 0 && H % Hkv == 0 && d % 8 == 0 && d <= 256,
+              "shapes: q [B, H, 1, d], k/v [B, Hkv, S, d] with H % Hkv == 0 and d a multiple of 8 up to 256");
+  const bool* mp = nullptr;
+  at::Tensor m;
+  if (mask.has_value()) {
+    m = mask->contiguous();
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.numel() == B * S, "mask must be bool [B, S]");
+    mp = m.data_ptr<bool>();
+  }
+  at::Tensor out = at::empty_like(q);
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t G = H / Hkv, D8 = d / 8;
+  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
+  const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> p(G * S);
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / Hkv, h = i % Hkv;
+      const float* kb = kp + b * k0 + h * k1;
+      const float* vb = vp + b * v0 + h * v1;
+      const float* qh = qp + (b * H + h * G) * d;
+      for (int64_t g = 0; g < G; ++g) {  // four keys at a time: four independent chains of FMAs
+        const float* qg = qh + g * d;
+        float* pg = p.data() + g * S;
+        int64_t s = 0;
+        for (; s + 4 <= S; s += 4) {
+          __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+          for (int64_t j = 0; j < D8; ++j) {
+            const __m256 qv = _mm256_loadu_ps(qg + 8 * j);
+            for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + (s + u) * k2 + 8 * j), a[u]);
+          }
+          for (int u = 0; u < 4; ++u) pg[s + u] = hsum(a[u]) * sc;
+        }
+        for (; s < S; ++s) {
+          __m256 a0 = _mm256_setzero_ps();
+          for (int64_t j = 0; j < D8; ++j)
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * j), _mm256_loadu_ps(kb + s * k2 + 8 * j), a0);
+          pg[s] = hsum(a0) * sc;
+        }
+        if (mp != nullptr)
+          for (s = 0; s < S; ++s)
+            if (!mp[b * S + s]) pg[s] = -INFINITY;
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        float* pg = p.data() + g * S;
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < S; ++s) mx = std::max(mx, pg[s]);
+        float* og = op + (b * H + h * G + g) * d;
+        if (mx == -INFINITY) {  // nothing visible: zeros, not NaN
+          std::fill(og, og + d, 0.0f);
+          continue;
+        }
+        __m256 acc = _mm256_setzero_ps();
+        const __m256 mv = _mm256_set1_ps(mx);
+        int64_t s = 0;
+        for (; s + 8 <= S; s += 8) {
+          const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(pg + s), mv));
+          _mm256_storeu_ps(pg + s, e);
+          acc = _mm256_add_ps(acc, e);
+        }
+        float sum = hsum(acc);
+        for (; s < S; ++s) {
+          pg[s] = std::exp(pg[s] - mx);
+          sum += pg[s];
+        }
+        __m256 o[32];
+        for (int64_t j = 0; j < D8; ++j) o[j] = _mm256_setzero_ps();
+        for (int64_t s = 0; s < S; ++s) {
+          if (pg[s] == 0.0f) continue;
+          const __m256 w = _mm256_set1_ps(pg[s]);
+          const float* vs = vb + s * v2;
+          for (int64_t j = 0; j < D8; ++j) o[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8 * j), o[j]);
+        }
+        const __m256 inv = _mm256_set1_ps(1.0f / sum);
+        for (int64_t j = 0; j < D8; ++j) _mm256_storeu_ps(og + 8 * j, _mm256_mul_ps(o[j], inv));
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(genloop, m) {
   m.def("int4_mm(Tensor x, Tensor w, Tensor scales, Tensor zeros) -> Tensor");
   m.def("int8_mm(Tensor x, Tensor w, Tensor scales) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(genloop, CPU, m) {
   m.impl("int4_mm", &int4_mm);
   m.impl("int8_mm", &int8_mm);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("rotary", &rotary);
+  m.impl("decode_attention", &decode_attention);
 }

@@ -19,8 +19,11 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.native = False  # one call to genloop's AVX2 op (quantized inference; see avx2.py)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native and x.dtype == self.weight.dtype == torch.float32 and x.is_cpu:
+            return torch.ops.genloop.rms_norm(x.contiguous(), self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
@@ -61,8 +64,12 @@ class Rotary(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (i, i + d/2) of x [B, H, T, d] by the position angles."""
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, native: bool = False) -> Tensor:
+    """Rotate pairs (i, i + d/2) of x [B, H, T, d] by the position angles; `native`: in one call to
+    genloop's AVX2 op, which rounds as this expression does."""
+    if native and x.dtype == cos.dtype == torch.float32 and x.is_cpu:
+        b, _, t, d = x.shape
+        return torch.ops.genloop.rotary(x, cos.expand(b, 1, t, d), sin.expand(b, 1, t, d))
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

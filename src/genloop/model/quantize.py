@@ -56,6 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloop.model import avx2
+from genloop.model.attention import Attention
+from genloop.model.layers import RMSNorm
 
 KERNEL_DTYPE = torch.bfloat16
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -385,6 +387,14 @@ class Int4Linear(_KernelDtypes):
         return self.dequantize(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native and x.dtype == torch.float32 and x.is_cpu and not KEEP_DENSE:  # the decode path
+            y = torch.ops.genloop.int4_mm(
+                x.reshape(-1, self.in_features).contiguous(),
+                self.weight,
+                self.native_scales,
+                self.native_zeros,
+            ).view(*x.shape[:-1], self.out_features)
+            return y if self.bias is None else y + self.bias
         shape = (*x.shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features)
         kernel = not self.readable or _kernel_rows(x, x2.shape[0], DENSE_ROWS_INT4)
@@ -489,6 +499,11 @@ def quantize_model(
         raise ValueError(f"mode and head must be 'int8' or 'int4' (head also None), got {mode!r}, {head!r}")
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
+    model.requires_grad_(False)  # inference only: the codes are buffers, and the ops have no backward
+    if avx2.ops() is not None:  # the decode step's small ops in one call each
+        for mod in model.modules():
+            if isinstance(mod, RMSNorm | Attention):
+                mod.native = True
     names = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     for name in names:  # one at a time, so each float weight is freed once replaced
         parent_name, _, child = name.rpartition(".")

@@ -17,6 +17,10 @@ from genloop.model.head_loss import head_cross_entropy
 from genloop.model.layers import MLP, Embeddings, Rotary, make_norm
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 class Block(nn.Module):
     """x + attn(norm(x)) [+ cross(norm(x), encoder)] + mlp(norm(x))."""
 
@@ -41,14 +45,11 @@ class Block(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.dropout(
-            self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache)
-        )
+        drop = self.dropout if self.training else _identity  # a module call less per residual
+        x = x + drop(self.attn(self.norm1(x), mask=mask, is_causal=is_causal, rotary=rotary, cache=cache))
         if self.cross_attn is not None and self.norm_cross is not None:
-            x = x + self.dropout(
-                self.cross_attn(self.norm_cross(x), mask=context_mask, context=context, cache=cache)
-            )
-        return x + self.dropout(self.mlp(self.norm2(x)))
+            x = x + drop(self.cross_attn(self.norm_cross(x), mask=context_mask, context=context, cache=cache))
+        return x + drop(self.mlp(self.norm2(x)))
 
 
 class Stack(nn.Module):
