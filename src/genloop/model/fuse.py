@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from genloop.model.attention import Attention
+from genloop.model.int4_packing import int4_layout
 from genloop.model.layers import MLP
-from genloop.model.quantize import Int4Linear, Int8Linear, int4_layout
+from genloop.model.quantize import Int4Linear, Int8Linear
 
 Fused = nn.Linear | Int8Linear | Int4Linear
 

@@ -1,4 +1,5 @@
-"""Weight-only int8 and int4 quantization for CPU decoding, on PyTorch's own packed-weight kernels.
+"""Weight-only int8 and int4 quantization for CPU decoding, on PyTorch's packed-weight kernels or,
+where the CPU has AVX2, genloop's own (avx2.py): int4 layers and the int8 output head run there.
 
 Batch-1 decoding reads every weight once per token, so its speed is set by the bytes of weight read:
 int8 halves that against bf16 and int4 quarters it. Activations stay in the model's dtype; inside a
@@ -38,17 +39,15 @@ speed, simulated only: a randomized Hadamard rotation of the residual stream fol
 (norm weights folded into the next linears first), v/o rotated per head, an online 12 x 128
 Hadamard before `down`, and GPTQ codes of the rotated weights: 97.3% top-1, perplexity -0.1%.
 
-On AVX2 without VNNI (a 2-core AMD EPYC) the picture differs. `torch._int_mm` is reference code
-there (4 GOPS), so the head multiplies through the int8 kernel. At 32 rows both kernels run at
-~46 GFLOP/s against an fp32 matmul's 85, so many concurrent streams decode faster in fp32 than in
-int4 on such a CPU. oneDNN's u8 x s8 linear (`torch.ops.onednn.qlinear_pointwise`) reaches 168
-GOPS at 32 rows, but its AVX2 path adds pairs of products in int16 and saturates unless the
-weights fit 7 bits (|q| <= 63); then its results are exact.
+On AVX2 without VNNI (a 2-core AMD EPYC) PyTorch's kernels ran at ~46 GFLOP/s at 32 rows against
+an fp32 matmul's 85 (`torch._int_mm` is reference code there, 4 GOPS), so genloop's AVX2 kernels
+take int4 layers and the head: int8 activations per block of 32, as llama.cpp's Q8_0, keep SmolLM2
+int4 at 97.25% top-1 (perplexity +0.3%). The int8 body stays on PyTorch's kernel: with block-32
+int8 activations it fell to 96.25%, below the 97% bar.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import torch
@@ -57,6 +56,7 @@ from torch import Tensor, nn
 
 from genloop.model import avx2
 from genloop.model.attention import Attention
+from genloop.model.int4_packing import int4_layout, unpack_int4
 from genloop.model.layers import RMSNorm
 
 KERNEL_DTYPE = torch.bfloat16
@@ -415,56 +415,6 @@ class Int4Linear(_KernelDtypes):
             f"group_size={self.group_size}, bias={self.bias is not None}, "
             f"kernel={'avx2' if self.native else 'aten' if self.use_kernel else 'none'}"
         )
-
-
-# The CPU int4 packing (aten/src/ATen/native/cpu/int4mm_kernel.cpp) lays rows out in blocks of
-# BLOCK_N (64 on AVX512, 32 otherwise), each block [K, nb/2] bytes. Full blocks on AVX2/AVX512 pair
-# row r with row r + nb/2 in one byte ("halves"); partial blocks and the scalar build pair 2j with
-# 2j + 1 ("pairs"). The layout is not public, so it is confirmed by a round trip before use.
-Layout = tuple[int, bool]
-
-
-def _unpack_block(blk: Tensor, halves: bool) -> Tensor:
-    """blk uint8 [NB, K, nb/2] -> codes [NB * nb, K]."""
-    nblk, k, half = blk.shape
-    lo, hi = blk & 15, blk >> 4
-    if halves:  # byte j: rows j (low nibble) and j + nb/2 (high)
-        return torch.stack((lo, hi), 1).transpose(2, 3).reshape(nblk * 2 * half, k)
-    return torch.stack((lo, hi), -1).view(nblk, k, 2 * half).transpose(1, 2).reshape(nblk * 2 * half, k)
-
-
-def unpack_int4(packed: Tensor, n: int, layout: Layout | None = None) -> Tensor:
-    """Codes uint8 [N, K] back from `_convert_weight_to_int4pack_for_cpu`'s packing."""
-    block_n, halves = layout or int4_layout() or (0, False)
-    if not block_n:
-        raise RuntimeError("the CPU int4 packing of this torch build is not one genloop can read")
-    k = packed.numel() * 2 // n
-    flat, full = packed.reshape(-1), n // block_n
-    parts = []
-    if full:
-        parts.append(_unpack_block(flat[: full * block_n * k // 2].view(full, k, block_n // 2), halves))
-    if n % block_n:
-        parts.append(_unpack_block(flat[full * block_n * k // 2 :].view(1, k, (n % block_n) // 2), False))
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
-@functools.cache
-def int4_layout() -> Layout | None:
-    """The packing of this torch build, found by a round trip on first use, not at import: a
-    parallel op on the importing thread starts an OpenMP team there, and with two teams on two cores
-    libgomp stops spin-waiting, which makes every kernel of the engine's thread ~1.5x slower."""
-    if not HAS_INT4_KERNEL:
-        return None
-    gen = torch.Generator().manual_seed(0)
-    q = torch.randint(0, 16, (176, 64), generator=gen, dtype=torch.int32)  # full and partial blocks
-    try:
-        packed = _int4_pack(q, 2)
-    except RuntimeError:
-        return None
-    for layout in ((64, True), (32, True), (32, False), (64, False)):
-        if torch.equal(unpack_int4(packed, q.shape[0], layout).int(), q):
-            return layout
-    return None
 
 
 def _int4_group(k: int, group_size: int) -> int:
