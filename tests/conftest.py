@@ -31,6 +31,11 @@ def cli(capsys: pytest.CaptureFixture[str]):
 
 
 REPO = Path(__file__).resolve().parents[1]
+# genloop's AVX2 kernels are built once for the whole suite, subprocesses included, not per test home
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path(os.environ.get("GENLOOP_TEST_CACHE") or REPO / ".test-cache") / "kernels"),
+)
 
 
 @pytest.fixture(scope="session")

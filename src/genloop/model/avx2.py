@@ -9,7 +9,7 @@ activations to int8 per row and per block of 32 (llama.cpp's Q8_0), multiply byt
 (torch int4 98, fp32 84), 32 rows 0.22 ms (0.85, 0.56), 512 rows 3.5 ms (6.3, 5.4).
 
 They are compiled on first use with the machine's C++ compiler through torch.utils.cpp_extension
-(~15 s once; the build is cached in torch's extensions folder, TORCH_EXTENSIONS_DIR). Where that
+(~15 s once; the build is kept under $GENLOOP_HOME/cache/kernels, or TORCH_EXTENSIONS_DIR). Where that
 fails (the reason is in `build_error`), or the CPU lacks AVX2, or GENLOOP_AVX2_KERNELS=0, `ops()`
 is None and layers keep PyTorch's kernels.
 """
@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from genloop.home import cache_dir
 
 SOURCE = Path(__file__).with_name("avx2_kernels.cpp")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]  # products rounded as written
@@ -76,7 +78,7 @@ def _build() -> None:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:12]
     name = f"genloop_avx2_{key}"
-    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    folder = _build_folder(name)
     library = folder / f"{name}.so"
     if library.is_file():  # built before: no compiler needed, nothing to check
         torch.ops.load_library(str(library))
@@ -92,6 +94,15 @@ def _build() -> None:
         torch.library.register_fake(f"genloop::{op}")(_fake_mm)
     for op in ("rms_norm", "rotary", "decode_attention"):
         torch.library.register_fake(f"genloop::{op}")(_fake_like_input)
+
+
+def _build_folder(name: str) -> Path:
+    """$GENLOOP_HOME/cache/kernels/NAME (GENLOOP_CACHE), or TORCH_EXTENSIONS_DIR/NAME where that is
+    set (the tests point every process at one shared folder, so the suite builds once)."""
+    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
+    folder = Path(chosen) / name if chosen else cache_dir() / "kernels" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _fake_mm(x: Tensor, w: Tensor, *args: Tensor) -> Tensor:
