@@ -47,6 +47,9 @@ def test_models_list_show_rm(cli, tmp_path) -> None:
 
 
 def test_chat_with_the_pulled_model(smollm2, cli) -> None:
-    code, out, _ = cli("chat", smollm2, "What is the capital of France?", "--max-tokens", "12")
+    """The default dtype (int4 on CPU) answers as fp32 does. Not "What is the capital of France?":
+    its first answer token is a near-tie in fp32 ('The' 25.33 vs 'L' 25.24), which int4 weights
+    alone flip, and int8 activations further (genloop's AVX2 kernel: 'L'Étoile, la Cité, ...')."""
+    code, out, _ = cli("chat", smollm2, "Name the capital city of France.", "--max-tokens", "12")
     assert code == 0
     assert "Paris" in out

@@ -13,7 +13,9 @@ import functools
 import torch
 from torch import Tensor
 
-_int4_pack = getattr(torch, "_convert_weight_to_int4pack_for_cpu", None)
+_int4_pack = getattr(torch, "_convert_weight_to_int4pack_for_cpu", None) or getattr(
+    torch.ops.aten, "_convert_weight_to_int4pack_for_cpu", None
+)
 Layout = tuple[int, bool]
 
 

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from genloop.model import avx2
 from genloop.model.attention import Attention
-from genloop.model.int4_packing import int4_layout, unpack_int4
+from genloop.model.int4_packing import _int4_pack, int4_layout, unpack_int4
 from genloop.model.layers import RMSNorm
 
 KERNEL_DTYPE = torch.bfloat16
@@ -92,7 +92,6 @@ def _op(name: str) -> Any:
 
 
 _int8_mm = _op("_weight_int8pack_mm")
-_int4_pack = _op("_convert_weight_to_int4pack_for_cpu")
 _int4_mm = _op("_weight_int4pack_mm_for_cpu")
 HAS_INT8_KERNEL = _int8_mm is not None
 HAS_INT4_KERNEL = _int4_pack is not None and _int4_mm is not None
@@ -387,20 +386,17 @@ class Int4Linear(_KernelDtypes):
         return self.dequantize(dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.native and x.dtype == torch.float32 and x.is_cpu and not KEEP_DENSE:  # the decode path
-            y = torch.ops.genloop.int4_mm(
-                x.reshape(-1, self.in_features).contiguous(),
-                self.weight,
-                self.native_scales,
-                self.native_zeros,
-            ).view(*x.shape[:-1], self.out_features)
-            return y if self.bias is None else y + self.bias
+        # genloop's AVX2 kernel: one path for any rows (long prompts take the kept bf16 copy if any);
+        # returns first, as a decode step calls these layers ~120 times
+        if self.native and x.is_cpu and (not KEEP_DENSE or _kernel_rows(x, 0, 0)):
+            x2 = _fp32_input(x.reshape(-1, self.in_features))
+            y = torch.ops.genloop.int4_mm(x2, self.weight, self.native_scales, self.native_zeros)
+            y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         shape = (*x.shape[:-1], self.out_features)
         x2 = x.reshape(-1, self.in_features)
         kernel = not self.readable or _kernel_rows(x, x2.shape[0], DENSE_ROWS_INT4)
-        if self.native and x.is_cpu and (kernel or not KEEP_DENSE):  # one path for any rows on AVX2
-            y = torch.ops.genloop.int4_mm(_fp32_input(x2), self.weight, self.native_scales, self.native_zeros)
-        elif kernel and self.use_kernel and x.is_cpu:
+        if kernel and self.use_kernel and x.is_cpu:
             y = _int4_mm(_kernel_input(x2), self.weight, self.group_size, self.scales_and_zeros)
         elif x.is_cpu:
             y = F.linear(x2.to(DENSE_DTYPE), self._dense_weight())
