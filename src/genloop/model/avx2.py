@@ -43,7 +43,8 @@ def supported_shape(in_features: int, out_features: int) -> bool:
 
 
 def ops() -> Any | None:
-    """torch.ops.genloop with int4_mm and int8_mm, built and loaded on first call; None if unusable."""
+    """torch.ops.genloop (int4_mm, int8_mm, rms_norm, rotary, decode_attention), built and loaded on
+    first call; None where unusable (then nothing calls them: layers keep PyTorch's ops)."""
     if os.environ.get("GENLOOP_AVX2_KERNELS", "1") == "0":
         return None
     return _load()
