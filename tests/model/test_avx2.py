@@ -156,3 +156,14 @@ def test_decode_attention_matches_sdpa(b: int, s: int, heads: int, kv_heads: int
     torch.testing.assert_close(torch.ops.genloop.decode_attention(q, k, v, None, 0.125), unmasked)
     hidden = torch.zeros(b, s, dtype=torch.bool)  # nothing visible: zeros, never NaN
     assert torch.equal(torch.ops.genloop.decode_attention(q, k, v, hidden, 0.125), torch.zeros_like(q))
+
+
+def test_silu_mul_matches_the_pytorch_expression() -> None:
+    x = torch.randn(7, 2 * 203) * 8  # an odd width: the vector loop and its scalar tail
+    x[0, :6] = torch.tensor([-100.0, 100.0, 0.0, -0.0, 88.0, -88.0])  # exp's ends: no inf, no NaN
+    gate, up = x.chunk(2, dim=-1)
+    out = torch.ops.genloop.silu_mul(x)
+    assert out.shape == (7, 203)
+    torch.testing.assert_close(out, torch.nn.functional.silu(gate) * up, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        torch.ops.genloop.silu_mul(torch.zeros(2, 5))

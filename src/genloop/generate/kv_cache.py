@@ -75,7 +75,7 @@ class CacheView:
         self.total = max(cache.lengths[start:stop]) + new_tokens
         self._first = cache.lengths[start]  # a single row's past, without reading a tensor per layer
         self._rows: Tensor | None = None  # slot indices and write positions, made once per forward
-        self._positions: list[Tensor] = []
+        self._positions: Tensor | None = None
         cache.ensure_clean(self.total)
 
     def past_length(self) -> int:  # only meaningful for a single row; the model uses batch_* below
@@ -96,13 +96,12 @@ class CacheView:
             p = self._first
             kc[self.start, :, p : p + self.t] = k[0]
             vc[self.start, :, p : p + self.t] = v[0]
-        else:
+        else:  # one scatter per tensor: [rows, 1] x [rows, t] indices take k as [rows, t, heads, dim]
             if self._rows is None:
-                self._rows = torch.arange(self.start, self.stop, device=k.device)
-                self._positions = [self.past + i for i in range(self.t)]
-            for i, pos in enumerate(self._positions):  # decode: t == 1
-                kc[self._rows, :, pos] = k[:, :, i]
-                vc[self._rows, :, pos] = v[:, :, i]
+                self._rows = torch.arange(self.start, self.stop, device=k.device)[:, None]
+                self._positions = self.batch_positions(self.t)
+            kc[self._rows, :, self._positions] = k.transpose(1, 2)
+            vc[self._rows, :, self._positions] = v.transpose(1, 2)
         return kc[self.start : self.stop, :, : self.total], vc[self.start : self.stop, :, : self.total]
 
     def cross(self, layer: int) -> tuple[Tensor, Tensor] | None:

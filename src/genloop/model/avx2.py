@@ -30,7 +30,8 @@ from torch import Tensor
 
 from genloop.home import cache_dir
 
-SOURCE = Path(__file__).with_name("avx2_kernels.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("avx2_kernels.cpp", "avx2_block.cpp")]
+HEADER = Path(__file__).with_name("avx2_kernels.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]  # products rounded as written
 BLOCK = 32  # K per activation block and int4 group
 COLS = 8  # output columns per packed weight block
@@ -43,7 +44,7 @@ def supported_shape(in_features: int, out_features: int) -> bool:
 
 
 def ops() -> Any | None:
-    """torch.ops.genloop (int4_mm, int8_mm, rms_norm, rotary, decode_attention), built and loaded on
+    """torch.ops.genloop (int4_mm, int8_mm, rms_norm, rotary, decode_attention, silu_mul), built and loaded on
     first call; None where unusable (then nothing calls them: layers keep PyTorch's ops)."""
     if os.environ.get("GENLOOP_AVX2_KERNELS", "1") == "0":
         return None
@@ -76,7 +77,7 @@ def _build() -> None:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in (*SOURCES, HEADER))
     key = hashlib.sha256(source + " ".join(FLAGS).encode() + torch.__version__.encode()).hexdigest()[:12]
     name = f"genloop_avx2_{key}"
     folder = _build_folder(name)
@@ -87,14 +88,15 @@ def _build() -> None:
         quiet = logging.getLogger("torch.utils.cpp_extension")
         level, quiet.level = quiet.level, logging.ERROR  # its compiler-compatibility banner
         try:
-            cpp_extension.load(name, [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(folder),
-                               is_python_module=False)  # fmt: skip
+            cpp_extension.load(name, [str(path) for path in SOURCES], extra_cflags=FLAGS,
+                               build_directory=str(folder), is_python_module=False)  # fmt: skip
         finally:
             quiet.setLevel(level)
     for op in ("int4_mm", "int8_mm"):
         torch.library.register_fake(f"genloop::{op}")(_fake_mm)
-    for op in ("rms_norm", "rotary", "decode_attention"):
+    for op in ("rms_norm", "rotary", "decode_attention", "decode_block"):
         torch.library.register_fake(f"genloop::{op}")(_fake_like_input)
+    torch.library.register_fake("genloop::silu_mul")(_fake_half)
 
 
 def _build_folder(name: str) -> Path:
@@ -114,6 +116,11 @@ def _fake_mm(x: Tensor, w: Tensor, *args: Tensor) -> Tensor:
 def _fake_like_input(x: Tensor, *args: Any) -> Tensor:
     """Output shape for torch.compile: that of the first input, contiguous."""
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _fake_half(x: Tensor) -> Tensor:
+    """Output shape for torch.compile: the input's with the last dim halved."""
+    return x.new_empty(*x.shape[:-1], x.shape[-1] // 2)
 
 
 def pack_int4(codes: Tensor, scale: Tensor, zero: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -91,10 +91,14 @@ class MLP(nn.Module):
             self.down = nn.Linear(f, d, bias=bias)
         self.approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
         self.gate_up: nn.Module | None = None  # gate and up as one layer (genloop.model.fuse)
+        self.native = False  # the gate through genloop's AVX2 op (quantized inference; see avx2.py)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate_up is not None:
-            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            h = self.gate_up(x)
+            if self.native and h.dtype == torch.float32 and h.is_cpu:
+                return self.down(torch.ops.genloop.silu_mul(h.contiguous()))
+            gate, up = h.chunk(2, dim=-1)
             return self.down(F.silu(gate) * up)
         if self.kind == "swiglu":
             return self.down(F.silu(self.gate(x)) * self.up(x))

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from genloop.model import avx2
 from genloop.model.attention import Attention
 from genloop.model.int4_packing import _int4_pack, int4_layout, unpack_int4
-from genloop.model.layers import RMSNorm
+from genloop.model.layers import MLP, RMSNorm
 
 KERNEL_DTYPE = torch.bfloat16
 INT4_GROUP_SIZES = (32, 64, 128, 256)
@@ -448,7 +448,7 @@ def quantize_model(
     model.requires_grad_(False)  # inference only: the codes are buffers, and the ops have no backward
     if avx2.ops() is not None:  # the decode step's small ops in one call each
         for mod in model.modules():
-            if isinstance(mod, RMSNorm | Attention):
+            if isinstance(mod, RMSNorm | Attention | MLP):
                 mod.native = True
     names = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     for name in names:  # one at a time, so each float weight is freed once replaced

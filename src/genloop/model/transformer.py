@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genloop.config import ModelConfig
+from genloop.model import native_block
 from genloop.model.attention import Attention, KVCache
 from genloop.model.head_loss import head_cross_entropy
 from genloop.model.layers import MLP, Embeddings, Rotary, make_norm
@@ -80,7 +81,12 @@ class Stack(nn.Module):
             mask = self_mask(h.shape[1], past, attention_mask, self.causal, h.device)
         rotary = self.rotary(positions, h.dtype) if self.rotary is not None else None
         cmask = None if context_mask is None else context_mask.bool()[:, None, None, :]
+        fused = context is None and native_block.usable(h, cache, rotary, self.training)
         for block in self.blocks:
+            weights = native_block.block_weights(block) if fused else None
+            if weights is not None and rotary is not None:
+                h = native_block.decode_block(block, weights, h, cache, rotary)
+                continue
             # SDPA's is_causal aligns the triangle top-left: right only when there is no past
             h = block(
                 h,
