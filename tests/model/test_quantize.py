@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genloop.generate import greedy_decode
-from genloop.model import DynamicCache, build_model, preset
+from genloop.model import DynamicCache, avx2, build_model, preset
 from genloop.model import quantize as q
 from genloop.model.quantize import Int4Linear, Int8Linear, quantize_model
 
@@ -140,7 +140,10 @@ def test_quantize_model_replaces_every_linear_and_unties_the_head(mode: str) -> 
         assert quantize_model(model, mode) is model
         after = model(ids)
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
-    assert isinstance(model.lm_head, Int8Linear)  # int8 head by default in both modes
+    # the head: int8, or int4 for an int4 model on genloop's AVX2 kernel (re-scored from the table)
+    int4_head = mode == "int4" and avx2.ops() is not None and not q.HAS_VNNI
+    assert isinstance(model.lm_head, Int4Linear if int4_head else Int8Linear)
+    assert model.lm_head.refine_from is table and model.lm_head.refine_top == q.HEAD_REFINE_TOP
     assert model.embed.tokens.weight is table and table.dtype == torch.float32
     assert model.decoder.blocks[0].mlp.down.use_kernel == (mode == "int8")  # tiny d_ff 176 % 32 != 0
     assert (after - before).norm() / before.norm() < (0.02 if mode == "int8" else 0.15)
@@ -179,7 +182,8 @@ def test_a_quantized_model_can_change_float_dtype(mode: str) -> None:
         model.float()
         again = model(ids)
     assert out.dtype == torch.bfloat16 and again.dtype == torch.float32
-    assert model.lm_head.scales.dtype == torch.bfloat16
+    head = model.lm_head
+    assert (head.scales if isinstance(head, Int8Linear) else head.scales_and_zeros).dtype == torch.bfloat16
     for y in (out, again):  # norms and embeddings went through bf16 once
         assert (y.float() - ref).norm() / ref.norm() < 0.05
 
@@ -202,6 +206,12 @@ def test_a_row_of_head_logits_does_not_depend_on_its_batch() -> None:
 def test_int4_head_can_be_chosen_or_left_alone() -> None:
     model = quantize_model(build_model(preset("tiny")).eval(), "int4", head="int4")
     assert isinstance(model.lm_head, Int4Linear)
+    table, x = model.embed.tokens.weight, torch.randn(5, 64)
+    with torch.no_grad():
+        logits, exact = model.lm_head(x), x @ table.T
+    top = exact.topk(8, dim=-1)  # the float head's best candidates come back with their float logits
+    assert torch.equal(logits.argmax(-1), exact.argmax(-1))
+    torch.testing.assert_close(logits.gather(1, top.indices), top.values, rtol=1e-6, atol=1e-6)
     model = quantize_model(build_model(preset("tiny")).eval(), "int8", head=None)
     assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.embed.tokens.weight
 

@@ -94,15 +94,14 @@ class MLP(nn.Module):
         self.native = False  # the gate through genloop's AVX2 op (quantized inference; see avx2.py)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.gate_up is not None:
-            h = self.gate_up(x)
-            if self.native and h.dtype == torch.float32 and h.is_cpu:
-                return self.down(torch.ops.genloop.silu_mul(h.contiguous()))
-            gate, up = h.chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
-        if self.kind == "swiglu":
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+        if self.kind != "swiglu":
+            return self.down(F.gelu(self.up(x), approximate=self.approximate))
+        h = self.gate_up(x) if self.gate_up is not None else None
+        if self.native and x.dtype == torch.float32 and x.is_cpu:  # the same op fused or not
+            h = torch.cat((self.gate(x), self.up(x)), -1) if h is None else h.contiguous()
+            return self.down(torch.ops.genloop.silu_mul(h))
+        gate, up = h.chunk(2, dim=-1) if h is not None else (self.gate(x), self.up(x))
+        return self.down(F.silu(gate) * up)
 
 
 class Embeddings(nn.Module):

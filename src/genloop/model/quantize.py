@@ -29,7 +29,7 @@ fp32: it is made per call, and only for inputs of many rows, as before.
 The output head (49k x 576 for SmolLM2, a fifth of a step's FLOPs) multiplies int8 by int8 where
 the CPU has VNNI: each row of activations quantized to int8 with its own scale (so rows stay
 independent of each other), one `torch._int_mm`, then rescaled. 1.5x faster than the int8 kernel at
-one row, 5x at 32. Its top candidates are re-scored in fp32 anyway (`_refine`), so greedy choices do
+one row, 5x at 32. Its top candidates are re-scored in fp32 anyway (`refine_top`), so greedy choices do
 not move. The body keeps bf16 activations: int8 activations there cost SmolLM2 8 points of top-1
 agreement with fp32 (89%), 3.5 with SmoothQuant scaling, 0.6 with a rotation. Two ways back to 97%
 both lose the speed: each row's 16 largest inputs kept out of the int8 part (their weight gathers
@@ -42,8 +42,9 @@ Hadamard before `down`, and GPTQ codes of the rotated weights: 97.3% top-1, perp
 On AVX2 without VNNI (a 2-core AMD EPYC) PyTorch's kernels ran at ~46 GFLOP/s at 32 rows against
 an fp32 matmul's 85 (`torch._int_mm` is reference code there, 4 GOPS), so genloop's AVX2 kernels
 take int4 layers and the head: int8 activations per block of 32, as llama.cpp's Q8_0, keep SmolLM2
-int4 at 97.25% top-1 (perplexity +0.3%). The int8 body stays on PyTorch's kernel: with block-32
-int8 activations it fell to 96.25%, below the 97% bar.
+int4 at 96.7% top-1 (perplexity +0.4%, with an int4 head whose top 64 are re-scored from the float
+table: `refine_top`). The int8 body stays on PyTorch's kernel: with block-32 int8 activations it
+fell to 96.25%, below the 97% bar.
 """
 
 from __future__ import annotations
@@ -237,18 +238,24 @@ class Int8Linear(_KernelDtypes):
         The top rows are recomputed in fp32, from the float weights when the head has them (a tied
         embedding: the candidates are then ranked exactly as the float model ranks them), else from
         the int8 codes: a [k, K] gather per row."""
-        idx = y.topk(self.refine_top, dim=-1).indices  # [M, k]
         if self.refine_from is not None:
-            rows = self.refine_from.detach()[idx].float()  # [M, k, K]
-        else:
-            rows = self.weight[idx].float() * self.scales[idx].float()[..., None]
-        exact = torch.bmm(rows, x2.float()[:, :, None]).squeeze(-1)
-        return y.scatter(1, idx, exact)
+            return refine_top(x2, y, self.refine_top, self.refine_from)
+        return refine_top(x2, y, self.refine_top, self.weight, self.scales)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         )
+
+
+def refine_top(x2: Tensor, y: Tensor, k: int, rows: Tensor, scales: Tensor | None = None) -> Tensor:
+    """y [M, N] (this call's own output, changed in place) with each row's top k outputs recomputed
+    in fp32 from `rows` [N, K] (times `scales` [N] if given): quantized heads' exact top logits."""
+    idx = y.topk(k, dim=-1).indices  # [M, k]
+    picked = rows.detach()[idx].float()  # [M, k, K]
+    if scales is not None:
+        picked = picked * scales[idx].float()[..., None]
+    return y.scatter_(1, idx, torch.bmm(picked, x2.float()[:, :, None]).squeeze(-1))
 
 
 def _int8_activation_mm(x2: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
@@ -321,6 +328,8 @@ class Int4Linear(_KernelDtypes):
             "scales_and_zeros", torch.zeros(k_pad // group_size, out_features, 2, dtype=KERNEL_DTYPE)
         )
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
+        self.refine_top = 0  # > 0 (a tied output head): this many top outputs per row from refine_from
+        self.refine_from: Tensor | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int = DEFAULT_GROUP_SIZE) -> Int4Linear:
@@ -391,6 +400,8 @@ class Int4Linear(_KernelDtypes):
         if self.native and x.is_cpu and (not KEEP_DENSE or _kernel_rows(x, 0, 0)):
             x2 = _fp32_input(x.reshape(-1, self.in_features))
             y = torch.ops.genloop.int4_mm(x2, self.weight, self.native_scales, self.native_zeros)
+            if self.refine_top and self.refine_from is not None and x.dtype == torch.float32:
+                y = refine_top(x2, y, self.refine_top, self.refine_from)
             y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             return y if self.bias is None else y + self.bias.to(y.dtype)
         shape = (*x.shape[:-1], self.out_features)
@@ -402,6 +413,8 @@ class Int4Linear(_KernelDtypes):
             y = F.linear(x2.to(DENSE_DTYPE), self._dense_weight())
         else:
             y = F.linear(x2, self.dequantize(x.dtype))
+        if self.refine_top and self.refine_from is not None and x.dtype == torch.float32:
+            y = refine_top(x2, y.float(), self.refine_top, self.refine_from)
         y = y.view(shape).to(x.dtype)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
@@ -429,20 +442,22 @@ def quantize_model(
     model: nn.Module,
     mode: Literal["int8", "int4"],
     group_size: int = DEFAULT_GROUP_SIZE,
-    head: Literal["int8", "int4"] | None = "int8",
+    head: Literal["int8", "int4", "auto"] | None = "auto",
 ) -> nn.Module:
     """Replace every nn.Linear (attention, MLP, output head) by its weight-only quantized version, in
     place; returns the model. A head tied to the embedding is untied: the lookup keeps its float
     table, the head (the largest matmul of a decode step) gets its own quantized copy, and its top
     candidates are re-scored from that float table, so greedy picks what the float head would.
 
-    `head` is the head's own precision (None: leave it as it is). It is int8 by default in both
-    modes: on SmolLM2 an int4 head drops top-1 agreement with fp32 from ~97% to ~89% and decodes
-    no faster (the int8 kernel reads the 49k x 576 head about as fast as the int4 one).
+    `head` is the head's own precision (None: leave it as it is). "auto": int4 for an int4 model
+    whose head is tied and runs on genloop's AVX2 kernel without VNNI, else int8. Re-scored from the
+    float table, SmolLM2's int4 head keeps int8's top-1 agreement with fp32 (96.7%; unre-scored
+    88.9%) at perplexity +0.4% against +0.1%, and takes 5.9 ms against 8.4 at 32 rows (0.37 / 0.72
+    at one). Where VNNI multiplies int8 x int8, the int8 head is the faster one.
     `group_size` (int4) is a maximum: each layer takes the largest kernel group size dividing its K.
     """
-    if mode not in ("int8", "int4") or head not in ("int8", "int4", None):
-        raise ValueError(f"mode and head must be 'int8' or 'int4' (head also None), got {mode!r}, {head!r}")
+    if mode not in ("int8", "int4") or head not in ("int8", "int4", "auto", None):
+        raise ValueError(f"mode must be 'int8' or 'int4', head also 'auto' or None; got {mode!r}, {head!r}")
     if group_size not in INT4_GROUP_SIZES:
         raise ValueError(f"group_size must be one of {INT4_GROUP_SIZES}, got {group_size}")
     model.requires_grad_(False)  # inference only: the codes are buffers, and the ops have no backward
@@ -455,7 +470,7 @@ def quantize_model(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)
-        kind = head if name == "lm_head" else mode
+        kind = _head_kind(model, linear, mode, head) if name == "lm_head" else mode
         if kind == "int8":
             quantized = Int8Linear.from_linear(linear)
             if name == "lm_head":
@@ -466,8 +481,17 @@ def quantize_model(
                 quantized.pack_avx2()
             setattr(parent, child, quantized)
         elif kind == "int4":
-            setattr(
-                parent, child, Int4Linear.from_linear(linear, _int4_group(linear.in_features, group_size))
-            )
+            quantized4 = Int4Linear.from_linear(linear, _int4_group(linear.in_features, group_size))
+            if name == "lm_head" and _tied(model, linear.weight) and linear.out_features > HEAD_REFINE_TOP:
+                quantized4.refine_top, quantized4.refine_from = HEAD_REFINE_TOP, linear.weight
+            setattr(parent, child, quantized4)
         del linear
     return model
+
+
+def _head_kind(model: nn.Module, linear: nn.Linear, mode: str, head: str | None) -> str | None:
+    if head != "auto":
+        return head
+    native = avx2.ops() is not None and not HAS_VNNI and linear.weight.is_cpu
+    fits = avx2.supported_shape(linear.in_features, linear.out_features)
+    return "int4" if mode == "int4" and native and fits and _tied(model, linear.weight) else "int8"
