@@ -198,6 +198,39 @@ def test_a_burst_of_prompts_is_prefilled_in_one_forward(tiny_dir: Path) -> None:
         eng.close()
 
 
+def test_a_groups_common_beginning_is_prefilled_once(tiny_dir: Path) -> None:
+    """Prompts that start alike (a system prompt) have the common part prefilled once, in one row, and
+    only their differing ends in the group's forward; each text equals the reference greedy loop and
+    what it is alone. Switched off, the group prefills whole prompts."""
+    system = " ".join(WORDS * 2)
+    prompts = [system + " " + p for p in PROMPTS]
+    for share in (True, False):
+        eng = Engine(
+            tiny_dir,
+            max_batch=8,
+            max_seq_len=256,
+            prefill_chunk=512,
+            prefix_cache_tokens=0,
+            share_prefixes=share,
+        )
+        try:
+            alone = [eng.generate(p, GREEDY)[0].outputs[0].token_ids for p in prompts]
+            rows = _count_prefill_forwards(eng)
+            outs = _submit_at_once(eng, prompts)
+            common = len(eng.encode_prompt(system))  # at least these tokens are shared (BOS included)
+            if share:
+                assert rows == [1, len(prompts)]
+                assert eng.stats["shared_prefix_tokens"] >= (len(prompts) - 1) * (common - 1)
+            else:
+                assert rows == [len(prompts)] and eng.stats["shared_prefix_tokens"] == 0
+            assert outs == alone
+            for prompt, out in zip(prompts, outs, strict=True):
+                ids = eng.encode_prompt(prompt)
+                assert out == greedy_decode(eng.model, torch.tensor([ids]), 20)[0, len(ids) :].tolist()
+        finally:
+            eng.close()
+
+
 def test_long_prompts_are_chunked_alone_and_groups_mix_cached_prefixes(tiny_dir: Path) -> None:
     """A prompt over the budget is prefilled alone in chunks; prompts with a cached prefix join a group
     with different pasts per row. Every text equals the reference greedy loop."""

@@ -20,3 +20,22 @@ def test_engine_greedy_equals_transformers_batched_and_alone(smollm2, smollm2_gr
         assert engine.generate(prompt, params)[0].outputs[0].token_ids == ref
     finally:
         engine.close()
+
+
+def test_int4_chat_burst_shares_the_system_prompt_and_matches_alone(
+    smollm2, smollm2_greedy_reference
+) -> None:
+    """The CPU default dtype, chat prompts arriving together: their common beginning (the template's
+    system prompt) is prefilled once, and each answer is token for token what it is alone."""
+    engine = Engine(smollm2, dtype="int4", max_batch=16, max_seq_len=512, prefix_cache_tokens=0)
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    prompts = [prompt for prompt, _ in smollm2_greedy_reference]
+    try:
+        alone = [engine.generate(p, params)[0].outputs[0].token_ids for p in prompts]
+        with engine._cond:  # all waiting before the engine thread admits any
+            requests = [engine.submit(p, params) for p in prompts]
+        together = [r.output().outputs[0].token_ids for r in requests if r.done.wait() or True]
+        assert engine.stats["shared_prefix_tokens"] >= (len(prompts) - 1) * 20
+        assert together == alone
+    finally:
+        engine.close()

@@ -167,3 +167,26 @@ def test_silu_mul_matches_the_pytorch_expression() -> None:
     torch.testing.assert_close(out, torch.nn.functional.silu(gate) * up, rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="contiguous float32"):
         torch.ops.genloop.silu_mul(torch.zeros(2, 5))
+
+
+def test_attention_queries_do_not_depend_on_length_padding_or_company() -> None:
+    """Prefill queries (T per row) match SDPA within rounding, and each query's bits are those it
+    gets alone: as one decode query over just its visible keys, or in a longer, padded, batched call."""
+    b, t, s, heads, kv_heads = 3, 13, 37, 9, 3
+    q = torch.randn(b, heads, t, 64)
+    k, v = torch.randn(2, b, kv_heads, s + 11, 64).unbind(0)  # views of a longer cache
+    past = torch.tensor([24, 5, 17])  # row r: queries at past[r] + i, keys up to each query's position
+    mask = torch.arange(s + 11)[None, None, :] <= (past[:, None] + torch.arange(t))[:, :, None]
+    out = torch.ops.genloop.decode_attention(q, k, v, mask, 0.125)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for row, i in ((0, 0), (0, 12), (1, 3), (2, 7)):
+        n = int(past[row]) + i + 1  # this query alone, as a decode step sees it
+        alone = torch.ops.genloop.decode_attention(
+            q[row : row + 1, :, i : i + 1].contiguous(),
+            k[row : row + 1, :, :n],
+            v[row : row + 1, :, :n],
+            None,
+            0.125,
+        )
+        assert torch.equal(alone[0, :, 0], out[row, :, i])

@@ -73,8 +73,10 @@ class Engine(Prefill, SingleRequestPaths):
         prefix_cache_tokens: int = 16384,
         postprocess: Pipeline | None = None,
         compile: bool = False,
+        share_prefixes: bool = True,
     ) -> None:
         self.path = resolve(model)
+        self.share_prefixes = share_prefixes  # a group's common prompt beginning prefilled once (prefill.py)
         self.compile = compile  # the decode step as one torch.compile graph (generate/compiled.py)
         self._compiled: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
         # Applied to every completion's text, streamed or not (genloop.postprocess); None: raw text, as
@@ -114,6 +116,7 @@ class Engine(Prefill, SingleRequestPaths):
         self.sampler = Sampler()
         self._ids = itertools.count()
         self.stats = {"requests": 0, "prompt_tokens": 0, "generated_tokens": 0, "prefix_hit_tokens": 0}
+        self.stats["shared_prefix_tokens"] = 0  # prompt tokens a group's rows did not prefill again
 
     # ------------------------------------------------------------------ public API
 

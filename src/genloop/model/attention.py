@@ -116,9 +116,18 @@ class Attention(nn.Module):
                 k, v = cache.update(self.layer, k, v)
         else:
             k, v = kv  # encoder states carry no positions of the decoder: no rotation across
-        if self.native and q.dtype == torch.float32 and q.shape[2] == 1 and q.is_cpu and not self.training:
+        t = q.shape[2]
+        if (
+            self.native
+            and q.dtype == torch.float32
+            and q.is_cpu
+            and not self.training
+            and (t == 1 or mask is not None)
+        ):
+            # every query exactly as it would be alone (see decode_attention): no padding or batch
+            # changes a bit, and int8 activations downstream would turn a bit into a token
             b, s = k.shape[0], k.shape[2]
-            rows = None if mask is None else mask.expand(b, 1, 1, s).reshape(b, s)
+            rows = None if mask is None else mask.expand(b, 1, t, s).reshape(b, t, s)
             out = torch.ops.genloop.decode_attention(q.contiguous(), k, v, rows, self.head_dim**-0.5)
         elif q.dtype == torch.bfloat16 and q.shape[2] == 1 and not self.training:
             out = _one_query_attention(q, k, v, mask)

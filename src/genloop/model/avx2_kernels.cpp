@@ -320,89 +320,87 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   return y;
 }
 
-// One new query per row against cached keys/values: q [B, H, 1, d] contiguous, k/v [B, Hkv, S, d]
-// with a contiguous last dim (views of the engine's preallocated cache), mask bool [B, S] (true:
-// visible) or none -> [B, H, 1, d]. Query head h reads key/value head h / (H / Hkv).
+// Queries against cached keys/values: q [B, H, T, d] contiguous (T new tokens per row), k/v
+// [B, Hkv, S, d] with a contiguous last dim (views of the engine's preallocated cache), mask bool
+// [B, T, S] or [B, S] (T == 1) (true: visible) or none -> [B, H, T, d]. Query head h reads key/value
+// head h / (H / Hkv). A query's result depends only on the keys it sees: its loops stop after its
+// last visible key, exp always runs 8 lanes (a partial block padded with -inf) and each lane sums
+// the positions s % 8 == lane, so neither S, T, the batch nor padding change a bit of it (PyTorch's
+// SDPA rounds differently for other lengths; with int8 activations downstream that flips tokens).
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const std::optional<at::Tensor>& mask, double scale) {
-  TORCH_CHECK(q.dim() == 4 && q.size(2) == 1 && q.is_contiguous() && q.scalar_type() == at::kFloat,
-              "q must be a contiguous float32 [B, H, 1, d] tensor");
+  TORCH_CHECK(q.dim() == 4 && q.is_contiguous() && q.scalar_type() == at::kFloat,
+              "q must be a contiguous float32 [B, H, T, d] tensor");
   TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes() && k.scalar_type() == at::kFloat &&
                   v.scalar_type() == at::kFloat && k.stride(3) == 1 && v.stride(3) == 1,
               "k and v must be float32 [B, Hkv, S, d] with a contiguous last dim");
-  const int64_t B = q.size(0), H = q.size(1), d = q.size(3), Hkv = k.size(1), S = k.size(2);
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), Hkv = k.size(1), S = k.size(2);
   TORCH_CHECK(k.size(0) == B && k.size(3) == d && Hkv > 0 && H % Hkv == 0 && d % 8 == 0 && d <= 256,
-              "shapes: q [B, H, 1, d], k/v [B, Hkv, S, d] with H % Hkv == 0 and d a multiple of 8 up to 256");
+              "shapes: q [B, H, T, d], k/v [B, Hkv, S, d] with H % Hkv == 0 and d a multiple of 8 up to 256");
   const bool* mp = nullptr;
   at::Tensor m;
   if (mask.has_value()) {
     m = mask->contiguous();
-    TORCH_CHECK(m.scalar_type() == at::kBool && m.numel() == B * S, "mask must be bool [B, S]");
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.numel() == B * T * S, "mask must be bool [B, T, S]");
     mp = m.data_ptr<bool>();
   }
   at::Tensor out = at::empty_like(q);
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t G = H / Hkv, D8 = d / 8;
+  const int64_t G = H / Hkv, D8 = d / 8, S8 = (S + 7) / 8 * 8;
   const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
   const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2);
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * Hkv, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> p(G * S);
+  at::parallel_for(0, B * Hkv * T, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> p(S8);
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t b = i / Hkv, h = i % Hkv;
+      const int64_t b = i / (Hkv * T), h = (i / T) % Hkv, t = i % T;
+      const bool* mr = mp != nullptr ? mp + (b * T + t) * S : nullptr;
+      int64_t n = S;  // keys up to the last visible one
+      if (mr != nullptr)
+        while (n > 0 && !mr[n - 1]) --n;
       const float* kb = kp + b * k0 + h * k1;
       const float* vb = vp + b * v0 + h * v1;
-      const float* qh = qp + (b * H + h * G) * d;
-      for (int64_t g = 0; g < G; ++g) {  // four keys at a time: four independent chains of FMAs
-        const float* qg = qh + g * d;
-        float* pg = p.data() + g * S;
+      for (int64_t g = 0; g < G; ++g) {
+        const float* qg = qp + ((b * H + h * G + g) * T + t) * d;
+        float* og = op + ((b * H + h * G + g) * T + t) * d;
+        if (n == 0) {  // nothing visible: zeros, not NaN
+          std::fill(og, og + d, 0.0f);
+          continue;
+        }
         int64_t s = 0;
-        for (; s + 4 <= S; s += 4) {
+        for (; s + 4 <= n; s += 4) {  // four keys at a time: four independent chains of FMAs
           __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
           for (int64_t j = 0; j < D8; ++j) {
             const __m256 qv = _mm256_loadu_ps(qg + 8 * j);
             for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + (s + u) * k2 + 8 * j), a[u]);
           }
-          for (int u = 0; u < 4; ++u) pg[s + u] = hsum(a[u]) * sc;
+          for (int u = 0; u < 4; ++u) p[s + u] = hsum(a[u]) * sc;
         }
-        for (; s < S; ++s) {
+        for (; s < n; ++s) {
           __m256 a0 = _mm256_setzero_ps();
           for (int64_t j = 0; j < D8; ++j)
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * j), _mm256_loadu_ps(kb + s * k2 + 8 * j), a0);
-          pg[s] = hsum(a0) * sc;
+          p[s] = hsum(a0) * sc;
         }
-        if (mp != nullptr)
-          for (s = 0; s < S; ++s)
-            if (!mp[b * S + s]) pg[s] = -INFINITY;
-      }
-      for (int64_t g = 0; g < G; ++g) {
-        float* pg = p.data() + g * S;
+        const int64_t n8 = (n + 7) / 8 * 8;
+        for (s = 0; s < n8; ++s)
+          if (s >= n || (mr != nullptr && !mr[s])) p[s] = -INFINITY;
         float mx = -INFINITY;
-        for (int64_t s = 0; s < S; ++s) mx = std::max(mx, pg[s]);
-        float* og = op + (b * H + h * G + g) * d;
-        if (mx == -INFINITY) {  // nothing visible: zeros, not NaN
-          std::fill(og, og + d, 0.0f);
-          continue;
-        }
+        for (s = 0; s < n; ++s) mx = std::max(mx, p[s]);
         __m256 acc = _mm256_setzero_ps();
         const __m256 mv = _mm256_set1_ps(mx);
-        int64_t s = 0;
-        for (; s + 8 <= S; s += 8) {
-          const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(pg + s), mv));
-          _mm256_storeu_ps(pg + s, e);
+        for (s = 0; s < n8; s += 8) {
+          const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(p.data() + s), mv));
+          _mm256_storeu_ps(p.data() + s, e);
           acc = _mm256_add_ps(acc, e);
         }
-        float sum = hsum(acc);
-        for (; s < S; ++s) {
-          pg[s] = std::exp(pg[s] - mx);
-          sum += pg[s];
-        }
+        const float sum = hsum(acc);
         __m256 o[32];
         for (int64_t j = 0; j < D8; ++j) o[j] = _mm256_setzero_ps();
-        for (int64_t s = 0; s < S; ++s) {
-          if (pg[s] == 0.0f) continue;
-          const __m256 w = _mm256_set1_ps(pg[s]);
+        for (s = 0; s < n; ++s) {
+          if (p[s] == 0.0f) continue;
+          const __m256 w = _mm256_set1_ps(p[s]);
           const float* vs = vb + s * v2;
           for (int64_t j = 0; j < D8; ++j) o[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8 * j), o[j]);
         }
@@ -413,7 +411,6 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   });
   return out;
 }
-
 
 // SwiGLU's gate: x [..., 2F] (gate | up, the fused layer's output, contiguous) -> silu(gate) * up,
 // [..., F]. sigmoid from exp(-|g|) (never overflows): 1 / (1 + e) for g >= 0, e / (1 + e) below.
