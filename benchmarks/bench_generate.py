@@ -4,14 +4,18 @@
     .venv/bin/python benchmarks/bench_generate.py [--dtypes float32,bfloat16,int8,int4] [--quick]
 
 A dtype with "+compile" (e.g. --dtypes int4,int4+compile) runs the engine with its decode step
-compiled (Engine(compile=True)); compile time is spent in the warm-up, outside the figures.
+compiled (Engine(compile=True)); compile time is spent in the warm-up, outside the figures. The
+concurrent chat prompts all begin with the template's system prompt, which the engine prefills once
+per admitted group (Engine(share_prefixes=True), its default; nothing is kept between runs: the
+prefix cache is off); "+noshare" (e.g. int4+noshare) measures without it.
 
 Measures batch-1 decode tok/s, prefill tok/s for 512 tokens, time to first token (short chat prompt),
 aggregate tok/s at 1, 8 and 32 concurrent requests (through the scheduler for genloop, one padded
-batch for transformers) and peak RSS; prints ratios against transformers fp32 and writes
-benchmarks/results/generate.json (--out to write elsewhere), with the CPU's vector ISA: which
-kernels are fast depends on it (AVX2 alone, or AVX-512 with VNNI and native bf16), so figures compare
-only within one kind of CPU. Each configuration runs in its own fresh process, so that one's
+batch for transformers; 64 new tokens each) and peak RSS, each figure the median of --repeats
+runs; prints ratios against transformers fp32 and writes benchmarks/results/generate.json (--out
+to write elsewhere), with the CPU's vector ISA: which kernels are fast depends on it (AVX2 alone,
+or AVX-512 with VNNI and native bf16), so figures compare only within one kind of CPU. Each
+configuration runs in its own fresh process, so that one's
 threads, allocator state and peak RSS never leak into another's figures.
 
     .venv/bin/python benchmarks/bench_generate.py --postprocess [--dtypes int4]
@@ -60,6 +64,7 @@ def bench_engine(
     new_tokens: int,
     post: bool = False,
     compile: bool = False,
+    share: bool = True,
 ) -> dict[str, Any]:
     pipeline = load_postprocess(None) if post else None
     engine = Engine(
@@ -70,6 +75,7 @@ def bench_engine(
         prefix_cache_tokens=0,
         postprocess=pipeline,
         compile=compile,
+        share_prefixes=share,
     )
     chat = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
     greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
@@ -119,7 +125,7 @@ def bench_engine(
         "decode_tok_s": _median(decode_rate, repeats),
         "prefill_512_tok_s": _median(prefill_rate, repeats),
         "ttft_s": _median(ttft, repeats),
-        "concurrent_tok_s": {str(n): aggregate(n) for n in concurrency},
+        "concurrent_tok_s": {str(n): _median(lambda n=n: aggregate(n), repeats) for n in concurrency},
     }
     engine.close()
     return result
@@ -167,7 +173,7 @@ def bench_transformers(path: Path, repeats: int, concurrency: list[int], new_tok
         "decode_tok_s": decode,
         "prefill_512_tok_s": prefill,
         "ttft_s": t1,
-        "concurrent_tok_s": {str(n): aggregate(n) for n in concurrency},
+        "concurrent_tok_s": {str(n): _median(lambda n=n: aggregate(n), repeats) for n in concurrency},
     }
 
 
@@ -184,6 +190,7 @@ def _run_one(name: str, repeats: int, concurrency: list[int], new_tokens: int) -
     else:
         dtype, *options = name.removeprefix("genloop_").split("+")
         flags = {"post": "post" in options, "compile": "compile" in options}
+        flags["share"] = "noshare" not in options
         result = bench_engine(path, dtype, repeats, concurrency, new_tokens, **flags)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -194,7 +201,8 @@ def main() -> None:
     ap.add_argument(
         "--dtypes",
         default="float32,bfloat16,int8,int4,bfloat16+compile,int4+compile",
-        help="genloop dtypes to measure; DTYPE+compile compiles the decode step",
+        help="genloop dtypes to measure; DTYPE+compile compiles the decode step, DTYPE+noshare prefills "
+        "each prompt's system prompt again",
     )
     ap.add_argument("--repeats", type=int, default=3, help="repetitions per figure (median)")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens per batch-1 decode measurement")
