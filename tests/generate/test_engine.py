@@ -231,6 +231,30 @@ def test_a_groups_common_beginning_is_prefilled_once(tiny_dir: Path) -> None:
             eng.close()
 
 
+def test_the_prefill_budget_counts_only_the_tokens_a_group_computes(tiny_dir: Path) -> None:
+    """With a budget that holds the first prompt whole and only the others' differing ends, the whole
+    burst is one group (its common beginning once, then one forward); counted whole it would not fit,
+    and without sharing it is split."""
+    system = " ".join(WORDS * 2)
+    prompts = [system + " " + p for p in PROMPTS]
+    for share in (True, False):
+        eng = Engine(tiny_dir, max_batch=8, max_seq_len=256, prefix_cache_tokens=0, share_prefixes=share)
+        try:
+            ids = [eng.encode_prompt(p) for p in prompts]
+            ends = [
+                len(x) - next(i for i, (a, b) in enumerate(zip(ids[0], x, strict=False)) if a != b)
+                for x in ids[1:]
+            ]
+            eng.prefill_chunk = len(ids[0]) + sum(ends)  # the first whole, the others' differing ends
+            assert eng.prefill_chunk < sum(map(len, ids)) - len(ids[0])
+            rows = _count_prefill_forwards(eng)
+            outs = _submit_at_once(eng, prompts)
+            assert rows == [1, len(prompts)] if share else len(rows) > 1
+            assert outs == [eng.generate(p, GREEDY)[0].outputs[0].token_ids for p in prompts]
+        finally:
+            eng.close()
+
+
 def test_long_prompts_are_chunked_alone_and_groups_mix_cached_prefixes(tiny_dir: Path) -> None:
     """A prompt over the budget is prefilled alone in chunks; prompts with a cached prefix join a group
     with different pasts per row. Every text equals the reference greedy loop."""

@@ -69,7 +69,7 @@ class Engine(Prefill, SingleRequestPaths):
         dtype: str = "auto",
         max_batch: int = 32,
         max_seq_len: int = 2048,
-        prefill_chunk: int = 512,
+        prefill_chunk: int = 2048,
         prefix_cache_tokens: int = 16384,
         postprocess: Pipeline | None = None,
         compile: bool = False,
@@ -110,6 +110,8 @@ class Engine(Prefill, SingleRequestPaths):
         if self.tokenizer.chat_template and "<|im_end|>" in self.tokenizer.chat_template:
             eos_ids.add(self.tokenizer.token_to_id("<|im_end|>"))
         self.eos_ids = {i for i in eos_ids if isinstance(i, int)}
+        # Prompt tokens one step computes with no stream decoding (a sixteenth while some do): a burst of
+        # 32 chat requests is one forward, a long prompt goes in chunks of this size (prefill.py).
         self.max_batch, self.prefill_chunk = max_batch, prefill_chunk
         self.vocab_size = self.config.vocab_size
         self.prefix = PrefixCache(capacity=prefix_cache_tokens)

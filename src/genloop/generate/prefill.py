@@ -3,11 +3,12 @@
 Waiting sequences are admitted in groups: as many whole prompts as fit one prefill budget run as one
 right-padded forward, so a burst of requests costs one compute-bound pass rather than one small pass
 per request with a growing decode batch beside each (32 chat prompts at once: one forward instead of
-32 steps). A prompt longer than the budget, or than GROUP_MAX_TOKENS, is admitted alone and
-prefilled in chunks, one chunk per step, so running streams keep decoding meanwhile. Groups stay
-narrow so that a row's padded width never crosses the point where quantized layers change kernels
-(DENSE_TOKENS, 256): a prompt then takes the same arithmetic alone or grouped, and its text does not
-depend on its company.
+32 steps). The budget counts the tokens a step computes: a prompt's beginning shared with the
+group's first one (below) is not computed again, so it does not count. A prompt longer than the
+budget, or than GROUP_MAX_TOKENS, is admitted alone and prefilled in chunks, one chunk per step, so
+running streams keep decoding meanwhile. Groups stay narrow so that a row's padded width never
+crosses the point where quantized layers change kernels (DENSE_TOKENS, 256): a prompt then takes the
+same arithmetic alone or grouped, and its text does not depend on its company.
 
 Prompts of one group that begin alike (a chat template's system prompt; 27 of SmolLM2's ~37 tokens
 for a short question) have the common part prefilled once, in the first row's slot, and copied to
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     from genloop.generate.request import Sequence as Seq
 
 
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the common beginning of two token lists."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
 class Prefill:
     model: Any
     cache: SlotCache | None
@@ -55,14 +61,15 @@ class Prefill:
     _fail_request: Callable[[Request, BaseException], None]
 
     def _budget(self) -> int:
-        """Prompt tokens one step may prefill: less while streams decode, so they are not starved."""
-        return self.prefill_chunk if not self._n_decoding else max(64, self.prefill_chunk // 4)
+        """Prompt tokens one step may compute: a sixteenth while streams decode (at least 64), so each
+        of their tokens waits at most that much prefill; all of prefill_chunk when none does."""
+        return self.prefill_chunk if not self._n_decoding else max(64, self.prefill_chunk // 16)
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots: one (beam search, or a prompt over the budget) or a
         group of whole prompts that fit the budget together."""
         assert self.cache is not None
-        budget, tokens = self._budget(), 0
+        budget, tokens, first = self._budget(), 0, None
         while True:
             with self._cond:
                 if len(self._slots) > self._n_decoding and tokens == 0:
@@ -72,7 +79,9 @@ class Prefill:
                 seq = self._waiting[0]
                 beams = seq.request.params.num_beams > 1
                 alone = beams or len(seq.prompt) > GROUP_MAX_TOKENS
-                if tokens and (alone or tokens + len(seq.prompt) > budget):
+                shared = _common(first.prompt, seq.prompt) if first and self.share_prefixes else 0
+                cost = len(seq.prompt) - shared
+                if tokens and (alone or tokens + cost > budget):
                     return
                 self._waiting.popleft()
                 if beams:  # beam search runs on its own, outside the batch, for all n of the request
@@ -91,7 +100,8 @@ class Prefill:
                 self.cache.write_prefix(seq.slot, k, v)
                 seq.prefilled = hit
                 self.stats["prefix_hit_tokens"] += hit
-            tokens += len(seq.prompt) - seq.prefilled
+            first = first or seq
+            tokens += min(cost, len(seq.prompt) - seq.prefilled)
             if alone or tokens > budget:  # alone: chunked
                 return
 
@@ -139,10 +149,8 @@ class Prefill:
         done = seqs[0].prefilled
         if not self.share_prefixes or any(s.prefilled != done for s in seqs):
             return
-        common = min(len(s.prompt) for s in seqs) - 1
         first = seqs[0].prompt
-        for seq in seqs[1:]:
-            common = next((i for i in range(done, common) if seq.prompt[i] != first[i]), common)
+        common = min(min(len(s.prompt) - 1, _common(first, s.prompt)) for s in seqs[1:])
         if common - done < SHARED_PREFIX_MIN:
             return
         view = self.cache.view(seqs[0].slot, seqs[0].slot + 1, common - done)
