@@ -190,3 +190,24 @@ def test_attention_queries_do_not_depend_on_length_padding_or_company() -> None:
             0.125,
         )
         assert torch.equal(alone[0, :, 0], out[row, :, i])
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 100, 1), (5, 1003, 16), (3, 4096, 64), (2, 64, 64)])
+def test_refine_top_rescores_exactly_the_top_k_of_each_row(m: int, n: int, k: int) -> None:
+    """The op changes each row's k largest logits (topk's set; distinct values) and nothing else, to
+    the fp32 dot products of the input with those table rows (float64 oracle); a row alone or in a
+    batch gets the same bits."""
+    gen = torch.Generator().manual_seed(3)
+    table, x = torch.randn(n, 40, generator=gen), torch.randn(m, 40, generator=gen)
+    y = torch.randn(m, n, generator=gen)
+    out = y.clone()
+    torch.ops.genloop.refine_top(out, x, table, k)
+    top = torch.zeros_like(y, dtype=torch.bool).scatter_(1, y.topk(k, dim=-1).indices, True)
+    assert torch.equal(out != y, top)
+    exact = (x.double() @ table.double().T).float()
+    torch.testing.assert_close(out[top], exact[top], rtol=1e-5, atol=1e-5)
+    alone = y[m - 1 :].clone()
+    torch.ops.genloop.refine_top(alone, x[m - 1 :].clone(), table, k)
+    assert torch.equal(alone, out[m - 1 :])
+    with pytest.raises(RuntimeError, match="k must be in"):
+        torch.ops.genloop.refine_top(y.clone(), x, table, n + 1)

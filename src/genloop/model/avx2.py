@@ -30,7 +30,9 @@ from torch import Tensor
 
 from genloop.home import cache_dir
 
-SOURCES = [Path(__file__).with_name(name) for name in ("avx2_kernels.cpp", "avx2_block.cpp")]
+SOURCES = [
+    Path(__file__).with_name(name) for name in ("avx2_kernels.cpp", "avx2_block.cpp", "avx2_refine.cpp")
+]
 HEADER = Path(__file__).with_name("avx2_kernels.h")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]  # products rounded as written
 BLOCK = 32  # K per activation block and int4 group
@@ -44,8 +46,9 @@ def supported_shape(in_features: int, out_features: int) -> bool:
 
 
 def ops() -> Any | None:
-    """torch.ops.genloop (int4_mm, int8_mm, rms_norm, rotary, decode_attention, silu_mul), built and loaded on
-    first call; None where unusable (then nothing calls them: layers keep PyTorch's ops)."""
+    """torch.ops.genloop (int4_mm, int8_mm, rms_norm, rotary, decode_attention, silu_mul, decode_block,
+    refine_top), built and loaded on first call; None where unusable (then nothing calls them: layers
+    keep PyTorch's ops)."""
     if os.environ.get("GENLOOP_AVX2_KERNELS", "1") == "0":
         return None
     return _load()
@@ -97,6 +100,7 @@ def _build() -> None:
     for op in ("rms_norm", "rotary", "decode_attention", "decode_block"):
         torch.library.register_fake(f"genloop::{op}")(_fake_like_input)
     torch.library.register_fake("genloop::silu_mul")(_fake_half)
+    torch.library.register_fake("genloop::refine_top")(_fake_in_place)
 
 
 def _build_folder(name: str) -> Path:
@@ -116,6 +120,10 @@ def _fake_mm(x: Tensor, w: Tensor, *args: Tensor) -> Tensor:
 def _fake_like_input(x: Tensor, *args: Any) -> Tensor:
     """Output shape for torch.compile: that of the first input, contiguous."""
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _fake_in_place(*args: Any) -> None:
+    """torch.compile: the op only writes into its first input."""
 
 
 def _fake_half(x: Tensor) -> Tensor:

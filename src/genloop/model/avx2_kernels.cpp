@@ -452,6 +452,7 @@ TORCH_LIBRARY(genloop, m) {
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
   m.def("silu_mul(Tensor x) -> Tensor");
   m.def("decode_block(Tensor x, Tensor[] weights, float eps, int heads, Tensor(a!) k_cache, Tensor(b!) v_cache, int start, Tensor past, Tensor cos, Tensor sin) -> Tensor");
+  m.def("refine_top(Tensor(a!) y, Tensor x, Tensor table, int k) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(genloop, CPU, m) {
@@ -463,4 +464,5 @@ TORCH_LIBRARY_IMPL(genloop, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("silu_mul", &silu_mul);
   m.impl("decode_block", &decode_block);
+  m.impl("refine_top", &refine_top);
 }

@@ -17,5 +17,6 @@ at::Tensor silu_mul(const at::Tensor& x);
 at::Tensor decode_block(const at::Tensor& x, at::TensorList weights, double eps, int64_t heads,
                         at::Tensor& k_cache, at::Tensor& v_cache, int64_t start, const at::Tensor& past,
                         const at::Tensor& cos, const at::Tensor& sin);
+void refine_top(at::Tensor& y, const at::Tensor& x, const at::Tensor& table, int64_t k);
 
 }  // namespace genloop_avx2

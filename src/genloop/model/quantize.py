@@ -250,7 +250,13 @@ class Int8Linear(_KernelDtypes):
 
 def refine_top(x2: Tensor, y: Tensor, k: int, rows: Tensor, scales: Tensor | None = None) -> Tensor:
     """y [M, N] (this call's own output, changed in place) with each row's top k outputs recomputed
-    in fp32 from `rows` [N, K] (times `scales` [N] if given): quantized heads' exact top logits."""
+    in fp32 from `rows` [N, K] (times `scales` [N] if given): quantized heads' exact top logits. On
+    genloop's AVX2 kernels, for an fp32 table, one op (avx2_refine.cpp: ~0.5 vs 3.2 ms at 32 rows)."""
+    if scales is None and rows.dtype == y.dtype == x2.dtype == torch.float32 and y.is_cpu:
+        native = avx2.ops()
+        if native is not None and y.is_contiguous() and x2.is_contiguous() and rows.is_contiguous():
+            native.refine_top(y, x2, rows.detach(), k)
+            return y
     idx = y.topk(k, dim=-1).indices  # [M, k]
     picked = rows.detach()[idx].float()  # [M, k, K]
     if scales is not None:
