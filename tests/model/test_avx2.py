@@ -211,3 +211,18 @@ def test_refine_top_rescores_exactly_the_top_k_of_each_row(m: int, n: int, k: in
     assert torch.equal(alone, out[m - 1 :])
     with pytest.raises(RuntimeError, match="k must be in"):
         torch.ops.genloop.refine_top(y.clone(), x, table, n + 1)
+
+
+def test_attention_reads_an_fp16_cache_as_its_fp32_values() -> None:
+    """fp16 K/V (the int4 engine's cache) give the bits the same values give as fp32 (a strided view
+    of a longer cache, a mask with holes)."""
+    gen = torch.Generator().manual_seed(4)
+    q = torch.randn(3, 6, 2, 64, generator=gen)
+    k = torch.randn(3, 2, 40, 64, generator=gen).half()[:, :, :29]
+    v = torch.randn(3, 2, 40, 64, generator=gen).half()[:, :, :29]
+    mask = torch.rand(3, 2, 29, generator=gen) > 0.3
+    half = torch.ops.genloop.decode_attention(q, k, v, mask, 0.125)
+    full = torch.ops.genloop.decode_attention(q, k.float(), v.float(), mask, 0.125)
+    assert torch.equal(half, full)
+    with pytest.raises(RuntimeError, match="float32 or float16"):
+        torch.ops.genloop.decode_attention(q, k.bfloat16(), v.bfloat16(), mask, 0.125)

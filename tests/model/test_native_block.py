@@ -22,9 +22,11 @@ def _native_model() -> torch.nn.Module:
     return model
 
 
-def _steps(model: torch.nn.Module) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+def _steps(
+    model: torch.nn.Module, dtype: torch.dtype = torch.float32
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Three rows prefilled to different lengths, then three batched steps and one single-row step."""
-    cache = SlotCache(model.config, 4, 64, torch.float32)
+    cache = SlotCache(model.config, 4, 64, dtype)
     gen = torch.Generator().manual_seed(1)
     for slot, n in enumerate((3, 9, 17)):
         view = cache.view(slot, slot + 1, n)
@@ -38,20 +40,29 @@ def _steps(model: torch.nn.Module) -> tuple[list[torch.Tensor], torch.Tensor, to
     return logits, cache.k[:, :3, :, : cache.clean], cache.v[:, :3, :, : cache.clean]
 
 
-def test_a_fused_step_is_bit_identical_to_the_python_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_fused_step_is_bit_identical_to_the_python_blocks(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """With the fp32 cache and with the engine's fp16 one for such models (both round K/V to nearest
+    even), logits and cache bit for bit; the fp16 cache's logits stay within rounding of fp32's."""
     model = _native_model()
-    assert all(native_block.block_weights(block) is not None for block in model.decoder.blocks)
+    assert native_block.native_blocks(model)
     calls = []
     fused_call = native_block.decode_block
     monkeypatch.setattr(native_block, "decode_block", lambda *a: calls.append(1) or fused_call(*a))
     with torch.no_grad():
-        fused = _steps(model)
+        fused = _steps(model, dtype)
         assert len(calls) == 4 * model.config.n_layers  # every decode step, every block
         monkeypatch.setattr(native_block, "usable", lambda *a: False)
-        python = _steps(model)
+        python = _steps(model, dtype)
+        full = _steps(model, torch.float32)
     assert len(calls) == 4 * model.config.n_layers
     assert all(torch.equal(a, b) for a, b in zip(fused[0], python[0], strict=True))
     assert torch.equal(fused[1], python[1]) and torch.equal(fused[2], python[2])
+    assert fused[1].dtype == dtype
+    for a, b in zip(fused[0], full[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0.05 if dtype == torch.float16 else 0)
 
 
 def test_blocks_that_do_not_qualify_keep_the_python_path() -> None:
@@ -59,6 +70,7 @@ def test_blocks_that_do_not_qualify_keep_the_python_path() -> None:
     model = quantize_model(build_model(preset("tiny")).eval(), "int4")  # d_ff 176: down is not native
     fuse_projections(model)
     assert all(native_block.block_weights(block) is None for block in model.decoder.blocks)
+    assert not native_block.native_blocks(model)  # the engine keeps an fp32 cache for it
     unfused = quantize_model(build_model(preset("tiny", d_ff=192)).eval(), "int4")
     assert native_block.block_weights(unfused.decoder.blocks[0]) is None  # q/k/v not fused yet
     fuse_projections(unfused)
@@ -78,6 +90,7 @@ def test_refused_input() -> None:
         ((x, weights, 1e-5, 4, k, v, 2, torch.tensor([0]), *rot), "cache slots"),
         ((x.double(), weights, 1e-5, 4, k, v, 0, torch.tensor([0]), *rot), "float32"),
         ((x, weights, 1e-5, 3, k, v, 0, torch.tensor([0]), *rot), "multiple of the cache's kv heads"),
+        ((x, weights, 1e-5, 4, k.bfloat16(), v.bfloat16(), 0, torch.tensor([0]), *rot), "float32 or float16"),
     ]
     for args, message in cases:
         with pytest.raises(RuntimeError, match=message):

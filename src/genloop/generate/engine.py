@@ -39,6 +39,7 @@ from genloop.generate.single import SingleRequestPaths
 from genloop.generate.stop import StopMatcher
 from genloop.model import DecoderLM, EncoderDecoderLM
 from genloop.model.fuse import fuse_projections
+from genloop.model.native_block import native_blocks
 from genloop.preprocess import Tokenizer
 
 if TYPE_CHECKING:
@@ -275,6 +276,8 @@ class Engine(Prefill, SingleRequestPaths):
             fuse_projections(model)  # q/k/v and gate/up as one matmul each: same numbers, fewer calls
             self.max_len = min(max_seq_len, model.config.max_seq_len)
             cache_dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+            if not self.compile and native_blocks(model):  # fp16 K/V: half the bytes each step reads
+                cache_dtype = torch.float16
             self.cache = (
                 SlotCache(model.config, max_batch, self.max_len, cache_dtype)
                 if isinstance(model, DecoderLM)

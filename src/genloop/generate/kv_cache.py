@@ -94,14 +94,14 @@ class CacheView:
         rows = self.stop - self.start
         if rows == 1:
             p = self._first
-            kc[self.start, :, p : p + self.t] = k[0]
+            kc[self.start, :, p : p + self.t] = k[0]  # copy_ rounds to an fp16 cache's dtype
             vc[self.start, :, p : p + self.t] = v[0]
         else:  # one scatter per tensor: [rows, 1] x [rows, t] indices take k as [rows, t, heads, dim]
             if self._rows is None:
                 self._rows = torch.arange(self.start, self.stop, device=k.device)[:, None]
                 self._positions = self.batch_positions(self.t)
-            kc[self._rows, :, self._positions] = k.transpose(1, 2)
-            vc[self._rows, :, self._positions] = v.transpose(1, 2)
+            kc[self._rows, :, self._positions] = k.transpose(1, 2).to(kc.dtype)
+            vc[self._rows, :, self._positions] = v.transpose(1, 2).to(vc.dtype)
         return kc[self.start : self.stop, :, : self.total], vc[self.start : self.stop, :, : self.total]
 
     def cross(self, layer: int) -> tuple[Tensor, Tensor] | None:

@@ -132,6 +132,7 @@ class Attention(nn.Module):
         elif q.dtype == torch.bfloat16 and q.shape[2] == 1 and not self.training:
             out = _one_query_attention(q, k, v, mask)
         else:
+            k, v = k.to(q.dtype), v.to(q.dtype)  # an fp16 cache (the int4 engine's) read by PyTorch
             out = F.scaled_dot_product_attention(
                 q,
                 k,

@@ -34,7 +34,7 @@ SOURCES = [
     Path(__file__).with_name(name) for name in ("avx2_kernels.cpp", "avx2_block.cpp", "avx2_refine.cpp")
 ]
 HEADER = Path(__file__).with_name("avx2_kernels.h")
-FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-ffp-contract=off"]  # products rounded as written
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp", "-ffp-contract=off"]  # products rounded as written
 BLOCK = 32  # K per activation block and int4 group
 COLS = 8  # output columns per packed weight block
 log = logging.getLogger(__name__)

@@ -321,49 +321,39 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 }
 
 // Queries against cached keys/values: q [B, H, T, d] contiguous (T new tokens per row), k/v
-// [B, Hkv, S, d] with a contiguous last dim (views of the engine's preallocated cache), mask bool
+// [B, Hkv, S, d] fp32 or fp16 with a contiguous last dim (views of the engine's preallocated cache;
+// fp16 for int4 models: half the bytes to read), mask bool
 // [B, T, S] or [B, S] (T == 1) (true: visible) or none -> [B, H, T, d]. Query head h reads key/value
 // head h / (H / Hkv). A query's result depends only on the keys it sees: its loops stop after its
 // last visible key, exp always runs 8 lanes (a partial block padded with -inf) and each lane sums
 // the positions s % 8 == lane, so neither S, T, the batch nor padding change a bit of it (PyTorch's
 // SDPA rounds differently for other lengths; with int8 activations downstream that flips tokens).
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const std::optional<at::Tensor>& mask, double scale) {
-  TORCH_CHECK(q.dim() == 4 && q.is_contiguous() && q.scalar_type() == at::kFloat,
-              "q must be a contiguous float32 [B, H, T, d] tensor");
-  TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes() && k.scalar_type() == at::kFloat &&
-                  v.scalar_type() == at::kFloat && k.stride(3) == 1 && v.stride(3) == 1,
-              "k and v must be float32 [B, Hkv, S, d] with a contiguous last dim");
-  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), Hkv = k.size(1), S = k.size(2);
-  TORCH_CHECK(k.size(0) == B && k.size(3) == d && Hkv > 0 && H % Hkv == 0 && d % 8 == 0 && d <= 256,
-              "shapes: q [B, H, T, d], k/v [B, Hkv, S, d] with H % Hkv == 0 and d a multiple of 8 up to 256");
-  const bool* mp = nullptr;
-  at::Tensor m;
-  if (mask.has_value()) {
-    m = mask->contiguous();
-    TORCH_CHECK(m.scalar_type() == at::kBool && m.numel() == B * T * S, "mask must be bool [B, T, S]");
-    mp = m.data_ptr<bool>();
-  }
-  at::Tensor out = at::empty_like(q);
-  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+namespace {
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const at::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// decode_attention's loops for K/V elements of type T (float, or Half: the int4 engine's cache).
+template <typename T>
+void attend(const float* qp, const T* kp, const T* vp, const bool* mp, float* op, int64_t B, int64_t H,
+            int64_t T_, int64_t d, int64_t Hkv, int64_t S, const int64_t (&ks)[3], const int64_t (&vs)[3],
+            float sc) {
   const int64_t G = H / Hkv, D8 = d / 8, S8 = (S + 7) / 8 * 8;
-  const int64_t k0 = k.stride(0), k1 = k.stride(1), k2 = k.stride(2);
-  const int64_t v0 = v.stride(0), v1 = v.stride(1), v2 = v.stride(2);
-  const float sc = static_cast<float>(scale);
-  at::parallel_for(0, B * Hkv * T, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B * Hkv * T_, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> p(S8);
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t b = i / (Hkv * T), h = (i / T) % Hkv, t = i % T;
-      const bool* mr = mp != nullptr ? mp + (b * T + t) * S : nullptr;
+      const int64_t b = i / (Hkv * T_), h = (i / T_) % Hkv, t = i % T_;
+      const bool* mr = mp != nullptr ? mp + (b * T_ + t) * S : nullptr;
       int64_t n = S;  // keys up to the last visible one
       if (mr != nullptr)
         while (n > 0 && !mr[n - 1]) --n;
-      const float* kb = kp + b * k0 + h * k1;
-      const float* vb = vp + b * v0 + h * v1;
+      const T* kb = kp + b * ks[0] + h * ks[1];
+      const T* vb = vp + b * vs[0] + h * vs[1];
       for (int64_t g = 0; g < G; ++g) {
-        const float* qg = qp + ((b * H + h * G + g) * T + t) * d;
-        float* og = op + ((b * H + h * G + g) * T + t) * d;
+        const float* qg = qp + ((b * H + h * G + g) * T_ + t) * d;
+        float* og = op + ((b * H + h * G + g) * T_ + t) * d;
         if (n == 0) {  // nothing visible: zeros, not NaN
           std::fill(og, og + d, 0.0f);
           continue;
@@ -373,14 +363,14 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
           __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
           for (int64_t j = 0; j < D8; ++j) {
             const __m256 qv = _mm256_loadu_ps(qg + 8 * j);
-            for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kb + (s + u) * k2 + 8 * j), a[u]);
+            for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(qv, load8(kb + (s + u) * ks[2] + 8 * j), a[u]);
           }
           for (int u = 0; u < 4; ++u) p[s + u] = hsum(a[u]) * sc;
         }
         for (; s < n; ++s) {
           __m256 a0 = _mm256_setzero_ps();
           for (int64_t j = 0; j < D8; ++j)
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * j), _mm256_loadu_ps(kb + s * k2 + 8 * j), a0);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8 * j), load8(kb + s * ks[2] + 8 * j), a0);
           p[s] = hsum(a0) * sc;
         }
         const int64_t n8 = (n + 7) / 8 * 8;
@@ -401,14 +391,45 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
         for (s = 0; s < n; ++s) {
           if (p[s] == 0.0f) continue;
           const __m256 w = _mm256_set1_ps(p[s]);
-          const float* vs = vb + s * v2;
-          for (int64_t j = 0; j < D8; ++j) o[j] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vs + 8 * j), o[j]);
+          const T* vr = vb + s * vs[2];
+          for (int64_t j = 0; j < D8; ++j) o[j] = _mm256_fmadd_ps(w, load8(vr + 8 * j), o[j]);
         }
         const __m256 inv = _mm256_set1_ps(1.0f / sum);
         for (int64_t j = 0; j < D8; ++j) _mm256_storeu_ps(og + 8 * j, _mm256_mul_ps(o[j], inv));
       }
     }
   });
+}
+
+}  // namespace
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const std::optional<at::Tensor>& mask, double scale) {
+  TORCH_CHECK(q.dim() == 4 && q.is_contiguous() && q.scalar_type() == at::kFloat,
+              "q must be a contiguous float32 [B, H, T, d] tensor");
+  const bool half = k.scalar_type() == at::kHalf;
+  TORCH_CHECK(k.dim() == 4 && v.sizes() == k.sizes() && (half || k.scalar_type() == at::kFloat) &&
+                  v.scalar_type() == k.scalar_type() && k.stride(3) == 1 && v.stride(3) == 1,
+              "k and v must be float32 or float16 [B, Hkv, S, d] with a contiguous last dim");
+  const int64_t B = q.size(0), H = q.size(1), T = q.size(2), d = q.size(3), Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.size(0) == B && k.size(3) == d && Hkv > 0 && H % Hkv == 0 && d % 8 == 0 && d <= 256,
+              "shapes: q [B, H, T, d], k/v [B, Hkv, S, d] with H % Hkv == 0 and d a multiple of 8 up to 256");
+  const bool* mp = nullptr;
+  at::Tensor m;
+  if (mask.has_value()) {
+    m = mask->contiguous();
+    TORCH_CHECK(m.scalar_type() == at::kBool && m.numel() == B * T * S, "mask must be bool [B, T, S]");
+    mp = m.data_ptr<bool>();
+  }
+  at::Tensor out = at::empty_like(q);
+  const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)}, vs[3] = {v.stride(0), v.stride(1), v.stride(2)};
+  const float sc = static_cast<float>(scale);
+  if (half)
+    attend(q.data_ptr<float>(), k.data_ptr<at::Half>(), v.data_ptr<at::Half>(), mp, out.data_ptr<float>(), B, H,
+           T, d, Hkv, S, ks, vs, sc);
+  else
+    attend(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), mp, out.data_ptr<float>(), B, H, T, d,
+           Hkv, S, ks, vs, sc);
   return out;
 }
 

@@ -239,7 +239,7 @@ class Int8Linear(_KernelDtypes):
         embedding: the candidates are then ranked exactly as the float model ranks them), else from
         the int8 codes: a [k, K] gather per row."""
         if self.refine_from is not None:
-            return refine_top(x2, y, self.refine_top, self.refine_from)
+            return refine_top(x2, y, self.refine_top, self.refine_from, native=self.native)
         return refine_top(x2, y, self.refine_top, self.weight, self.scales)
 
     def extra_repr(self) -> str:
@@ -248,15 +248,23 @@ class Int8Linear(_KernelDtypes):
         )
 
 
-def refine_top(x2: Tensor, y: Tensor, k: int, rows: Tensor, scales: Tensor | None = None) -> Tensor:
+def refine_top(
+    x2: Tensor, y: Tensor, k: int, rows: Tensor, scales: Tensor | None = None, native: bool = False
+) -> Tensor:
     """y [M, N] (this call's own output, changed in place) with each row's top k outputs recomputed
-    in fp32 from `rows` [N, K] (times `scales` [N] if given): quantized heads' exact top logits. On
-    genloop's AVX2 kernels, for an fp32 table, one op (avx2_refine.cpp: ~0.5 vs 3.2 ms at 32 rows)."""
-    if scales is None and rows.dtype == y.dtype == x2.dtype == torch.float32 and y.is_cpu:
-        native = avx2.ops()
-        if native is not None and y.is_contiguous() and x2.is_contiguous() and rows.is_contiguous():
-            native.refine_top(y, x2, rows.detach(), k)
-            return y
+    in fp32 from `rows` [N, K] (times `scales` [N] if given): quantized heads' exact top logits. For
+    a layer on genloop's AVX2 kernels (`native`) and an fp32 table, one op (avx2_refine.cpp: ~0.5
+    vs 3.2 ms at 32 rows)."""
+    contiguous = y.is_contiguous() and x2.is_contiguous() and rows.is_contiguous()
+    if (
+        native
+        and y.is_cpu
+        and scales is None
+        and rows.dtype == y.dtype == x2.dtype == torch.float32
+        and contiguous
+    ):
+        torch.ops.genloop.refine_top(y, x2, rows.detach(), k)
+        return y
     idx = y.topk(k, dim=-1).indices  # [M, k]
     picked = rows.detach()[idx].float()  # [M, k, K]
     if scales is not None:
@@ -407,7 +415,7 @@ class Int4Linear(_KernelDtypes):
             x2 = _fp32_input(x.reshape(-1, self.in_features))
             y = torch.ops.genloop.int4_mm(x2, self.weight, self.native_scales, self.native_zeros)
             if self.refine_top and self.refine_from is not None and x.dtype == torch.float32:
-                y = refine_top(x2, y, self.refine_top, self.refine_from)
+                y = refine_top(x2, y, self.refine_top, self.refine_from, native=True)
             y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
             return y if self.bias is None else y + self.bias.to(y.dtype)
         shape = (*x.shape[:-1], self.out_features)
