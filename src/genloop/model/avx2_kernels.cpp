@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -336,11 +337,13 @@ inline __m256 load8(const at::Half* p) {
 }
 
 // decode_attention's loops for K/V elements of type T (float, or Half: the int4 engine's cache).
-template <typename T>
+// kD8 > 0: the head size / 8 known at compile time (64 for SmolLM2 and most small models): the
+// loops over it unroll and the 8 output sums stay in registers (~1.5x faster).
+template <typename T, int64_t kD8>
 void attend(const float* qp, const T* kp, const T* vp, const bool* mp, float* op, int64_t B, int64_t H,
             int64_t T_, int64_t d, int64_t Hkv, int64_t S, const int64_t (&ks)[3], const int64_t (&vs)[3],
             float sc) {
-  const int64_t G = H / Hkv, D8 = d / 8, S8 = (S + 7) / 8 * 8;
+  const int64_t G = H / Hkv, D8 = kD8 > 0 ? kD8 : d / 8, S8 = (S + 7) / 8 * 8;
   at::parallel_for(0, B * Hkv * T_, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> p(S8);
     for (int64_t i = lo; i < hi; ++i) {
@@ -359,13 +362,14 @@ void attend(const float* qp, const T* kp, const T* vp, const bool* mp, float* op
           continue;
         }
         int64_t s = 0;
-        for (; s + 4 <= n; s += 4) {  // four keys at a time: four independent chains of FMAs
-          __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        for (; s + 8 <= n; s += 8) {  // eight keys at a time: eight independent chains of FMAs
+          __m256 a[8];
+          for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
           for (int64_t j = 0; j < D8; ++j) {
             const __m256 qv = _mm256_loadu_ps(qg + 8 * j);
-            for (int u = 0; u < 4; ++u) a[u] = _mm256_fmadd_ps(qv, load8(kb + (s + u) * ks[2] + 8 * j), a[u]);
+            for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(qv, load8(kb + (s + u) * ks[2] + 8 * j), a[u]);
           }
-          for (int u = 0; u < 4; ++u) p[s + u] = hsum(a[u]) * sc;
+          for (int u = 0; u < 8; ++u) p[s + u] = hsum(a[u]) * sc;
         }
         for (; s < n; ++s) {
           __m256 a0 = _mm256_setzero_ps();
@@ -424,12 +428,20 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor out = at::empty_like(q);
   const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)}, vs[3] = {v.stride(0), v.stride(1), v.stride(2)};
   const float sc = static_cast<float>(scale);
+  const auto run = [&](const auto* kd, const auto* vd) {
+    if (d == 64)
+      attend<std::remove_const_t<std::remove_pointer_t<decltype(kd)>>, 8>(q.data_ptr<float>(), kd, vd, mp,
+                                                                            out.data_ptr<float>(), B, H, T, d, Hkv,
+                                                                            S, ks, vs, sc);
+    else
+      attend<std::remove_const_t<std::remove_pointer_t<decltype(kd)>>, 0>(q.data_ptr<float>(), kd, vd, mp,
+                                                                            out.data_ptr<float>(), B, H, T, d, Hkv,
+                                                                            S, ks, vs, sc);
+  };
   if (half)
-    attend(q.data_ptr<float>(), k.data_ptr<at::Half>(), v.data_ptr<at::Half>(), mp, out.data_ptr<float>(), B, H,
-           T, d, Hkv, S, ks, vs, sc);
+    run(k.data_ptr<at::Half>(), v.data_ptr<at::Half>());
   else
-    attend(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), mp, out.data_ptr<float>(), B, H, T, d,
-           Hkv, S, ks, vs, sc);
+    run(k.data_ptr<float>(), v.data_ptr<float>());
   return out;
 }
 
