@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from genloop.postprocess import Pipeline
 
 Prompt = str | Sequence[Mapping[str, Any]]
-# The fastest dtype measured here (benchmarks/bench_generate.py): int4 decodes 2.9-3.5x faster than
+# The fastest dtype measured here (benchmarks/bench_generate.py, AVX2): int4 decodes 7.6x faster than
 # transformers fp32 and is the fastest at 8 and 32 concurrent streams; `dtype=` (`--dtype`) overrides it.
 DEFAULT_CPU_DTYPE = "int4"
 _LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
