@@ -255,6 +255,21 @@ def test_the_prefill_budget_counts_only_the_tokens_a_group_computes(tiny_dir: Pa
             eng.close()
 
 
+def test_a_prompt_that_is_the_others_beginning_still_runs_a_token_of_its_own(tiny_dir: Path) -> None:
+    """The group's first prompt is the whole common part of the others: the shared pass stops a
+    token short of it, so its row still runs one and gets its first logits."""
+    system = " ".join(WORDS * 2)
+    prompts = [system, system + " the cat sat", system + " a mat"]
+    eng = Engine(tiny_dir, max_batch=8, max_seq_len=256, prefix_cache_tokens=0)
+    try:
+        alone = [eng.generate(p, GREEDY)[0].outputs[0].token_ids for p in prompts]
+        rows = _count_prefill_forwards(eng)
+        assert _submit_at_once(eng, prompts) == alone
+        assert rows == [1, len(prompts)]
+    finally:
+        eng.close()
+
+
 def test_long_prompts_are_chunked_alone_and_groups_mix_cached_prefixes(tiny_dir: Path) -> None:
     """A prompt over the budget is prefilled alone in chunks; prompts with a cached prefix join a group
     with different pasts per row. Every text equals the reference greedy loop."""

@@ -150,7 +150,7 @@ class Prefill:
         if not self.share_prefixes or any(s.prefilled != done for s in seqs):
             return
         first = seqs[0].prompt
-        common = min(min(len(s.prompt) - 1, _common(first, s.prompt)) for s in seqs[1:])
+        common = min(len(first) - 1, *(min(len(s.prompt) - 1, _common(first, s.prompt)) for s in seqs[1:]))
         if common - done < SHARED_PREFIX_MIN:
             return
         view = self.cache.view(seqs[0].slot, seqs[0].slot + 1, common - done)
