@@ -27,8 +27,8 @@ void store_half(at::Half* dst, const float* src, int64_t n) {
 }  // namespace
 
 // weights: norm1, qkv (w, scales, zeros), o (w, s, z), norm2, gate_up (w, s, z), down (w, s, z).
-// x [B, 1, D]; k_cache/v_cache [slots, Hkv, L, d] fp32 or fp16 (one layer of the slot cache); rows are slots
-// start..start+B-1, row b's new token goes to position past[b] and attends to 0..past[b].
+// x [B, 1, D]; k_cache/v_cache [slots, Hkv, L, d] fp32 or fp16 (one layer of the slot cache); rows
+// are slots start..start+B-1, row b's new token goes to position past[b] and attends to 0..past[b].
 // cos/sin [B, 1, 1, d].
 at::Tensor decode_block(const at::Tensor& x, at::TensorList weights, double eps, int64_t heads,
                         at::Tensor& k_cache, at::Tensor& v_cache, int64_t start, const at::Tensor& past,

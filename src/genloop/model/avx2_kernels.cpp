@@ -27,7 +27,6 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 namespace {
@@ -338,11 +337,11 @@ inline __m256 load8(const at::Half* p) {
 
 // decode_attention's loops for K/V elements of type T (float, or Half: the int4 engine's cache).
 // kD8 > 0: the head size / 8 known at compile time (64 for SmolLM2 and most small models): the
-// loops over it unroll and the 8 output sums stay in registers (~1.5x faster).
+// loops over it unroll and the 8 output sums stay in registers (~1.3x faster).
 template <typename T, int64_t kD8>
-void attend(const float* qp, const T* kp, const T* vp, const bool* mp, float* op, int64_t B, int64_t H,
-            int64_t T_, int64_t d, int64_t Hkv, int64_t S, const int64_t (&ks)[3], const int64_t (&vs)[3],
-            float sc) {
+void attend_rows(const float* qp, const T* kp, const T* vp, const bool* mp, float* op, int64_t B, int64_t H,
+                 int64_t T_, int64_t d, int64_t Hkv, int64_t S, const int64_t (&ks)[3], const int64_t (&vs)[3],
+                 float sc) {
   const int64_t G = H / Hkv, D8 = kD8 > 0 ? kD8 : d / 8, S8 = (S + 7) / 8 * 8;
   at::parallel_for(0, B * Hkv * T_, 1, [&](int64_t lo, int64_t hi) {
     std::vector<float> p(S8);
@@ -405,6 +404,15 @@ void attend(const float* qp, const T* kp, const T* vp, const bool* mp, float* op
   });
 }
 
+template <typename T>
+void attend(const float* qp, const T* kp, const T* vp, const bool* mp, float* op, int64_t B, int64_t H, int64_t T_,
+            int64_t d, int64_t Hkv, int64_t S, const int64_t (&ks)[3], const int64_t (&vs)[3], float sc) {
+  if (d == 64)
+    attend_rows<T, 8>(qp, kp, vp, mp, op, B, H, T_, d, Hkv, S, ks, vs, sc);
+  else
+    attend_rows<T, 0>(qp, kp, vp, mp, op, B, H, T_, d, Hkv, S, ks, vs, sc);
+}
+
 }  // namespace
 
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -428,20 +436,12 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   at::Tensor out = at::empty_like(q);
   const int64_t ks[3] = {k.stride(0), k.stride(1), k.stride(2)}, vs[3] = {v.stride(0), v.stride(1), v.stride(2)};
   const float sc = static_cast<float>(scale);
-  const auto run = [&](const auto* kd, const auto* vd) {
-    if (d == 64)
-      attend<std::remove_const_t<std::remove_pointer_t<decltype(kd)>>, 8>(q.data_ptr<float>(), kd, vd, mp,
-                                                                            out.data_ptr<float>(), B, H, T, d, Hkv,
-                                                                            S, ks, vs, sc);
-    else
-      attend<std::remove_const_t<std::remove_pointer_t<decltype(kd)>>, 0>(q.data_ptr<float>(), kd, vd, mp,
-                                                                            out.data_ptr<float>(), B, H, T, d, Hkv,
-                                                                            S, ks, vs, sc);
-  };
   if (half)
-    run(k.data_ptr<at::Half>(), v.data_ptr<at::Half>());
+    attend(q.data_ptr<float>(), k.data_ptr<at::Half>(), v.data_ptr<at::Half>(), mp, out.data_ptr<float>(), B, H,
+           T, d, Hkv, S, ks, vs, sc);
   else
-    run(k.data_ptr<float>(), v.data_ptr<float>());
+    attend(q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), mp, out.data_ptr<float>(), B, H, T, d,
+           Hkv, S, ks, vs, sc);
   return out;
 }
 

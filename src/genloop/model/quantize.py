@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from genloop.model import avx2
 from genloop.model.attention import Attention
+from genloop.model.head_refine import refine_top
 from genloop.model.int4_packing import _int4_pack, int4_layout, unpack_int4
 from genloop.model.layers import MLP, RMSNorm
 
@@ -246,30 +247,6 @@ class Int8Linear(_KernelDtypes):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
         )
-
-
-def refine_top(
-    x2: Tensor, y: Tensor, k: int, rows: Tensor, scales: Tensor | None = None, native: bool = False
-) -> Tensor:
-    """y [M, N] (this call's own output, changed in place) with each row's top k outputs recomputed
-    in fp32 from `rows` [N, K] (times `scales` [N] if given): quantized heads' exact top logits. For
-    a layer on genloop's AVX2 kernels (`native`) and an fp32 table, one op (avx2_refine.cpp: ~0.5
-    vs 3.2 ms at 32 rows)."""
-    contiguous = y.is_contiguous() and x2.is_contiguous() and rows.is_contiguous()
-    if (
-        native
-        and y.is_cpu
-        and scales is None
-        and rows.dtype == y.dtype == x2.dtype == torch.float32
-        and contiguous
-    ):
-        torch.ops.genloop.refine_top(y, x2, rows.detach(), k)
-        return y
-    idx = y.topk(k, dim=-1).indices  # [M, k]
-    picked = rows.detach()[idx].float()  # [M, k, K]
-    if scales is not None:
-        picked = picked * scales[idx].float()[..., None]
-    return y.scatter_(1, idx, torch.bmm(picked, x2.float()[:, :, None]).squeeze(-1))
 
 
 def _int8_activation_mm(x2: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
